@@ -1,0 +1,129 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import ROOT
+from model import MyNet
+
+
+class GuideNet(nn.Module):
+    """The guide's MyNet, layer for layer, to check that weights move both ways."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_layers = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(6, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(12, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+        )
+        self.fc_layers = nn.Sequential(
+            nn.Dropout(p=0.1),
+            nn.Linear(384, 192), nn.ReLU(inplace=True),
+            nn.Linear(192, 96), nn.ReLU(inplace=True),
+            nn.Linear(96, 10),
+        )
+
+    def forward(self, x):
+        x = self.conv_layers(x)
+        x = x.view(-1, 24 * 4 * 4)
+        return self.fc_layers(x)
+
+
+def trained_a_little(model):
+    """Change every weight and running statistic away from their initial values."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.1).abs_()
+    return model
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_output_is_ten_scores_per_image(mode, batch):
+    model = MyNet()
+    getattr(model, mode)()
+    assert model(torch.rand(batch, 3, 32, 32)).shape == (batch, 10)
+
+
+def test_parameter_count_matches_the_guide():
+    model = MyNet()
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 96904
+
+
+def test_layers_match_the_guide():
+    layers = MyNet().conv_layers
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding, c.bias) for c in convs] == [
+        (3, 6, (3, 3), (1, 1), None), (6, 12, (3, 3), (1, 1), None), (12, 24, (3, 3), (1, 1), None)]
+    fc = MyNet().fc_layers
+    assert isinstance(fc[0], nn.Dropout) and fc[0].p == 0.1
+    assert [(m.in_features, m.out_features) for m in fc if isinstance(m, nn.Linear)] == [(384, 192), (192, 96), (96, 10)]
+
+
+def test_state_dict_keys_and_shapes_match_the_guide():
+    ours = {key: tuple(value.shape) for key, value in MyNet().state_dict().items()}
+    guides = {key: tuple(value.shape) for key, value in GuideNet().state_dict().items()}
+    assert list(ours) == list(guides)
+    assert ours == guides
+
+
+@pytest.mark.parametrize("source, target", [(GuideNet, MyNet), (MyNet, GuideNet)])
+def test_weights_move_between_the_guides_network_and_ours(source, target):
+    torch.manual_seed(0)
+    trained = trained_a_little(source()).eval()
+    loaded = target()
+    loaded.load_state_dict(trained.state_dict(), strict=True)
+    loaded.eval()
+    images = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = trained(images)
+        assert torch.equal(loaded(images), expected)
+        assert not torch.equal(target().eval()(images), expected)  # the weights really changed something
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (1, 3, 64, 64), (2, 3, 32, 16)])
+def test_wrong_input_shape_is_a_clear_error(shape):
+    with pytest.raises(ValueError) as error:
+        MyNet()(torch.rand(shape))
+    assert "(N, 3, 32, 32)" in str(error.value)
+    assert str(tuple(shape)) in str(error.value)
+
+
+def test_importing_model_prints_nothing_and_leaves_torchvision_alone():
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, model; sys.stderr.write(str('torchvision' in sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout == ""
+    assert result.stderr == "False"
+
+
+def test_a_few_sgd_steps_learn_an_easy_problem():
+    torch.manual_seed(0)
+    # Each class is a flat image of its own colour, plus noise: easy to learn.
+    labels = torch.arange(10).repeat(20)
+    colours = torch.rand(10, 3)
+    images = (colours[labels][:, :, None, None] + 0.05 * torch.randn(200, 3, 32, 32)).clamp(0, 1)
+    model = MyNet()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def loss_and_accuracy():
+        model.eval()
+        with torch.no_grad():
+            outputs = model(images)
+        return criterion(outputs, labels).item(), (outputs.argmax(dim=1) == labels).float().mean().item()
+
+    initial_loss, _ = loss_and_accuracy()
+    model.train()
+    for epoch in range(8):
+        for batch in torch.randperm(200).split(10):
+            optimizer.zero_grad()
+            criterion(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    final_loss, accuracy = loss_and_accuracy()
+    assert final_loss < initial_loss / 2
+    assert accuracy > 0.5  # chance is 0.1
