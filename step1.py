@@ -20,7 +20,7 @@ from model import MyNet
 # Accuracy is measured in eval mode, where the batch size does not change the
 # result (batch normalization uses its running averages, dropout is off), so
 # it uses bigger batches than training: fewer steps, same numbers.
-EVAL_BATCH_SIZE = 250
+EVAL_BATCH_SIZE = 500
 
 
 def positive_int(text):
@@ -144,6 +144,9 @@ def accuracy(model, loader, device):
     correct = 0
     with torch.inference_mode():
         for images, labels in loader:
+            # Batches this big run faster with the pixels stored channels-last
+            # (see "Speed" in the README); the values stay the same.
+            images = images.contiguous(memory_format=torch.channels_last)
             outputs = model(to_float(images, device))
             correct += (outputs.argmax(dim=1) == labels.to(device)).sum().item()
     return 100.0 * correct / len(loader.dataset)
@@ -194,7 +197,8 @@ def main(argv=None):
 
     # Loss and optimizer
     criterion = nn.CrossEntropyLoss()
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    # fused: one call updates every weight, the same update with less overhead.
+    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, fused=True)
 
     # Training
     print("Training")
