@@ -1,4 +1,6 @@
 """Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, written by the tests."""
+import contextlib
+import io
 import os
 import pickle
 import sys
@@ -9,6 +11,8 @@ import torchvision.datasets.cifar as cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # so that the tests import the repository's model.py and step1.py
+
+import step1  # noqa: E402
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_BATCH = 24  # 5 batches: 120 training images
@@ -42,21 +46,45 @@ def write_cifar(root, seed=0):
     return root
 
 
-# Run as the body of `python -c`: the same md5 bypass as skip_md5_check, then the given script.
-SKIP_MD5_THEN_RUN = (
-    "import runpy, sys; import torchvision.datasets.cifar as cifar; "
-    "cifar.CIFAR10._check_integrity = lambda self: True; cifar.check_integrity = lambda *a, **k: True; "
-    "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
-)
-
-
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory):
     return str(write_cifar(tmp_path_factory.mktemp("datasets")))
 
 
+def skip_md5(patch):
+    """torchvision checks the md5 of the original CIFAR-10 files; ours are not those."""
+    patch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    patch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+
+
 @pytest.fixture
 def skip_md5_check(monkeypatch):
-    """torchvision checks the md5 of the original CIFAR-10 files; ours are not those."""
-    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    skip_md5(monkeypatch)
+
+
+def run_step1(args):
+    """Run step1.py's main(args) here; return its exit code, printed lines and error output."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            step1.main(args)
+        except SystemExit as exit:
+            code = exit.code
+    return code, out.getvalue().splitlines(), err.getvalue()
+
+
+def train(cifar_dir, output, *extra):
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch)
+        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *extra])
+    assert code == 0, err
+    return lines
+
+
+@pytest.fixture(scope="session")
+def guide_run(cifar_dir, tmp_path_factory):
+    """Two epochs on the tiny data set: 12 mini-batches of 10 per epoch, the loss every 4."""
+    output = tmp_path_factory.mktemp("run") / "my_network.pth"
+    lines = train(cifar_dir, output, "--epochs", "2", "--log-interval", "4", "--lr", "0.02")
+    return lines, output

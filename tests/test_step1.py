@@ -1,5 +1,3 @@
-import contextlib
-import io
 import os
 import re
 import subprocess
@@ -11,34 +9,12 @@ import torchvision
 import torchvision.transforms as transforms
 
 import step1
-from conftest import ROOT, TEST_IMAGES, TRAIN_PER_BATCH
+from conftest import ROOT, TEST_IMAGES, TRAIN_PER_BATCH, run_step1, train
 from model import MyNet
 
 TRAIN_IMAGES = 5 * TRAIN_PER_BATCH
 LOSS_LINE = "Epoch : %2d, mini-batch : %4d, loss : %.3f"
 ACCURACY_LINE = "Epoch : %2d, training accuracy = %6.2f %%, test accuracy = %6.2f %%"
-
-
-def run_step1(args):
-    """Run step1.py's main(args) here; return its exit code, printed lines and error output."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            step1.main(args)
-        except SystemExit as exit:
-            code = exit.code
-    return code, out.getvalue().splitlines(), err.getvalue()
-
-
-def train(cifar_dir, output, *extra):
-    with pytest.MonkeyPatch.context() as patch:
-        # torchvision checks the md5 of the original CIFAR-10 files; ours are not those.
-        patch.setattr(torchvision.datasets.cifar.CIFAR10, "_check_integrity", lambda self: True)
-        patch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *extra])
-    assert code == 0, err
-    return lines
 
 
 def parse(line, pattern):
@@ -47,14 +23,6 @@ def parse(line, pattern):
     assert match, line
     numbers = [int(match.group(1))] + [float(value) if "." in value else int(value) for value in match.groups()[1:]]
     return numbers
-
-
-@pytest.fixture(scope="module")
-def guide_run(cifar_dir, tmp_path_factory):
-    """Two epochs on the tiny data set: 12 mini-batches of 10 per epoch, the loss every 4."""
-    output = tmp_path_factory.mktemp("run") / "my_network.pth"
-    lines = train(cifar_dir, output, "--epochs", "2", "--log-interval", "4", "--lr", "0.02")
-    return lines, output
 
 
 def test_prints_the_guides_lines_in_the_guides_formats(guide_run):
