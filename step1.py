@@ -93,8 +93,9 @@ def pick_device(name, parser):
 
 
 def check_output_writable(path, parser):
-    if os.path.isdir(path):
-        parser.error(f"--output {path} is a folder; give a file name, such as {os.path.join(path, 'my_network.pth')}")
+    if os.path.isdir(path) or not os.path.basename(path):
+        parser.error(f"--output '{path}' is a folder, not a file name; give one such as "
+                     f"{os.path.join(path, 'my_network.pth')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         parser.error(f"--output {path}: the folder {folder} does not exist; create it or choose another path")

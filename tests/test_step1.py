@@ -101,6 +101,13 @@ def test_same_seed_same_run_other_seed_other_weights(cifar_dir, tmp_path):
     assert not torch.equal(first["fc_layers.5.weight"], other["fc_layers.5.weight"])
 
 
+def test_worker_processes_give_the_same_run(cifar_dir, tmp_path):
+    runs = [train(cifar_dir, tmp_path / f"{workers}.pth", "--epochs", "1", "--log-interval", "3", "--workers", workers)
+            for workers in ("0", "2")]
+    assert runs[0][:-1] == runs[1][:-1]  # all but the last line, which has a time
+    assert len(runs[0]) == 6 + 4 + 1 + 1
+
+
 @pytest.mark.parametrize("limit, sizes", [("30", (30, 30)), ("1000", (TRAIN_IMAGES, TEST_IMAGES))])
 def test_limit_uses_only_the_first_images(cifar_dir, tmp_path, limit, sizes):
     lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--log-interval", "1", "--limit", limit)
@@ -152,10 +159,14 @@ def test_output_in_a_missing_folder_is_refused_before_training(cifar_dir, tmp_pa
     assert os.listdir(tmp_path) == []
 
 
-def test_output_that_is_a_folder_is_refused_before_training(cifar_dir, tmp_path):
-    error = refused_output(cifar_dir, tmp_path)
-    assert "is a folder" in error
-    assert os.listdir(tmp_path) == []
+@pytest.mark.parametrize("name", ["sub", "sub/", "new/", None])
+def test_output_that_is_a_folder_is_refused_before_training(cifar_dir, tmp_path, name):
+    (tmp_path / "sub").mkdir()
+    output = "" if name is None else os.path.join(str(tmp_path), name)
+    error = refused_output(cifar_dir, output)
+    assert "is a folder, not a file name" in error
+    assert os.listdir(tmp_path) == ["sub"]
+    assert os.listdir(tmp_path / "sub") == []
 
 
 def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tmp_path, monkeypatch):
