@@ -206,7 +206,7 @@ def main(argv=None):
     start = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
-        running_loss = 0.0
+        running_loss, running_batches = 0.0, 0
         for i, (images, labels) in enumerate(train_loader):
             images, labels = to_float(images, device), labels.to(device, non_blocking=True)
 
@@ -215,10 +215,13 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
 
+            # The mean loss every log_interval mini-batches, and over the last few
+            # of an epoch too short or too uneven to end on one (--limit, --batch-size).
             running_loss += loss.item()
-            if (i + 1) % args.log_interval == 0:
-                print("Epoch : %2d, mini-batch : %4d, loss : %.3f" % (epoch, i + 1, running_loss / args.log_interval))
-                running_loss = 0.0
+            running_batches += 1
+            if running_batches == args.log_interval or i + 1 == len(train_loader):
+                print("Epoch : %2d, mini-batch : %4d, loss : %.3f" % (epoch, i + 1, running_loss / running_batches))
+                running_loss, running_batches = 0.0, 0
 
         training_accuracy = accuracy(model, train_eval_loader, device)
         test_accuracy = accuracy(model, test_loader, device)

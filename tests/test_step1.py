@@ -108,6 +108,13 @@ def test_worker_processes_give_the_same_run(cifar_dir, tmp_path):
     assert len(runs[0]) == 6 + 4 + 1 + 1
 
 
+def test_the_loss_of_an_uneven_epoch_ends_with_its_last_mini_batches(cifar_dir, tmp_path):
+    lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--log-interval", "5")
+    losses = [parse(line, r"mini-batch : +(\d+), loss : (\d+\.\d+)") for line in lines if "mini-batch" in line]
+    assert [batch for _, batch, _ in losses] == [5, 10, 12]  # 12 mini-batches of 10
+    assert all(1.5 < loss < 3.5 for _, _, loss in losses)  # means, not sums
+
+
 @pytest.mark.parametrize("limit, sizes", [("30", (30, 30)), ("1000", (TRAIN_IMAGES, TEST_IMAGES))])
 def test_limit_uses_only_the_first_images(cifar_dir, tmp_path, limit, sizes):
     lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--log-interval", "1", "--limit", limit)
