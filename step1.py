@@ -17,9 +17,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from model import MyNet
 
-# Accuracy is measured in eval mode, where the batch size does not change the
-# result (batch normalization uses its running averages, dropout is off), so
-# it uses bigger batches than training: fewer steps, same numbers.
+# Accuracy is measured in eval mode, where an image's scores do not depend on
+# the rest of its batch (batch normalization uses its running averages, dropout
+# is off), so it uses bigger batches than training: fewer steps, same scores.
 EVAL_BATCH_SIZE = 500
 
 
