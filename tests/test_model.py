@@ -61,7 +61,8 @@ def test_layers_match_the_guide():
         (3, 6, (3, 3), (1, 1), None), (6, 12, (3, 3), (1, 1), None), (12, 24, (3, 3), (1, 1), None)]
     fc = MyNet().fc_layers
     assert isinstance(fc[0], nn.Dropout) and fc[0].p == 0.1
-    assert [(m.in_features, m.out_features) for m in fc if isinstance(m, nn.Linear)] == [(384, 192), (192, 96), (96, 10)]
+    linears = [(m.in_features, m.out_features) for m in fc if isinstance(m, nn.Linear)]
+    assert linears == [(384, 192), (192, 96), (96, 10)]
 
 
 def test_state_dict_keys_and_shapes_match_the_guide():
@@ -119,7 +120,7 @@ def test_a_few_sgd_steps_learn_an_easy_problem():
 
     initial_loss, _ = loss_and_accuracy()
     model.train()
-    for epoch in range(8):
+    for _ in range(8):  # epochs
         for batch in torch.randperm(200).split(10):
             optimizer.zero_grad()
             criterion(model(images[batch]), labels[batch]).backward()

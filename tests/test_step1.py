@@ -1,4 +1,5 @@
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from model import MyNet
 TRAIN_IMAGES = 5 * TRAIN_PER_BATCH
 LOSS_LINE = "Epoch : %2d, mini-batch : %4d, loss : %.3f"
 ACCURACY_LINE = "Epoch : %2d, training accuracy = %6.2f %%, test accuracy = %6.2f %%"
+LOSS_PATTERN = r"mini-batch : +(\d+), loss : (\d+\.\d+)"
+ACCURACY_PATTERN = r"training accuracy = +(\d+\.\d+) %, test accuracy = +(\d+\.\d+) %"
 
 
 def parse(line, pattern):
@@ -35,21 +38,20 @@ def test_prints_the_guides_lines_in_the_guides_formats(guide_run):
         "",
         "Training",
     ]
-    losses, accuracies = [], []
+    order, losses = [], []
     for line in lines[6:-1]:
         if "mini-batch" in line:
-            epoch, batch, loss = parse(line, r"mini-batch : +(\d+), loss : (\d+\.\d+)")
+            epoch, batch, loss = parse(line, LOSS_PATTERN)
             assert line == LOSS_LINE % (epoch, batch, loss)
-            losses.append((epoch, batch, loss))
+            order.append((epoch, batch))
+            losses.append(loss)
         else:
-            epoch, training, test = parse(line, r"training accuracy = +(\d+\.\d+) %, test accuracy = +(\d+\.\d+) %")
+            epoch, training, test = parse(line, ACCURACY_PATTERN)
             assert line == ACCURACY_LINE % (epoch, training, test)
-            accuracies.append(epoch)
-    assert [(epoch, batch) for epoch, batch, _ in losses] == [(e, b) for e in (0, 1) for b in (4, 8, 12)]
-    assert accuracies == [0, 1]
-    assert lines[6:-1] == [line for epoch in (0, 1) for line in lines[6:-1] if line.startswith("Epoch : %2d," % epoch)]
+            order.append((epoch, "accuracy"))
+    assert order == [(0, 4), (0, 8), (0, 12), (0, "accuracy"), (1, 4), (1, 8), (1, 12), (1, "accuracy")]
     # A mean over mini-batches: close to ln(10) = 2.30 for an untrained network, not a sum.
-    assert 1.5 < losses[0][2] < 3.5
+    assert 1.5 < losses[0] < 3.5
     assert re.fullmatch(r"Saved the weights to .*my_network\.pth \(training took \d+ s\)", lines[-1])
 
 
@@ -72,12 +74,12 @@ def guide_accuracy(model, dataset):
 
 def test_saved_weights_reproduce_the_printed_accuracies(guide_run, cifar_dir, skip_md5_check):
     lines, output = guide_run
-    _, printed_training, printed_test = parse(lines[-2], r"training accuracy = +(\d+\.\d+) %, test accuracy = +(\d+\.\d+) %")
+    _, printed_training, printed_test = parse(lines[-2], ACCURACY_PATTERN)
     model = MyNet()
     model.load_state_dict(torch.load(output, weights_only=True))
     model.eval()
-    for train, printed in [(True, printed_training), (False, printed_test)]:
-        dataset = torchvision.datasets.CIFAR10(cifar_dir, train=train, transform=transforms.ToTensor())
+    for training_split, printed in [(True, printed_training), (False, printed_test)]:
+        dataset = torchvision.datasets.CIFAR10(cifar_dir, train=training_split, transform=transforms.ToTensor())
         assert "%.2f" % guide_accuracy(model, dataset) == "%.2f" % printed
     assert printed_training > 20  # it learned something: chance is 10 %
 
@@ -110,7 +112,7 @@ def test_worker_processes_give_the_same_run(cifar_dir, tmp_path):
 
 def test_the_loss_of_an_uneven_epoch_ends_with_its_last_mini_batches(cifar_dir, tmp_path):
     lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--log-interval", "5")
-    losses = [parse(line, r"mini-batch : +(\d+), loss : (\d+\.\d+)") for line in lines if "mini-batch" in line]
+    losses = [parse(line, LOSS_PATTERN) for line in lines if "mini-batch" in line]
     assert [batch for _, batch, _ in losses] == [5, 10, 12]  # 12 mini-batches of 10
     assert all(1.5 < loss < 3.5 for _, _, loss in losses)  # means, not sums
 
@@ -194,7 +196,7 @@ def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tm
 def test_a_failed_save_keeps_the_earlier_file(tmp_path):
     output = tmp_path / "my_network.pth"
     output.write_bytes(b"earlier weights")
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the Python version
         step1.save_atomically({"not a tensor": lambda: None}, str(output))  # cannot be pickled
     assert output.read_bytes() == b"earlier weights"
     assert os.listdir(tmp_path) == ["my_network.pth"]
