@@ -92,6 +92,23 @@ def test_images_are_exactly_what_totensor_gives(cifar_dir, skip_md5_check):
     assert torch.equal(ours, expected)
 
 
+def test_training_batches_cover_every_image_in_a_new_order_each_epoch():
+    images = torch.arange(45, dtype=torch.uint8)[:, None, None, None].expand(45, 3, 32, 32)
+    labels = torch.arange(45)
+    loader = step1.make_loader(images, labels, 10, True, 0, torch.device("cpu"))
+    orders = []
+    for _ in range(2):  # two epochs
+        batches = list(loader)
+        assert [len(batch_labels) for _, batch_labels in batches] == [10, 10, 10, 10, 5]
+        for batch_images, batch_labels in batches:
+            assert torch.equal(batch_images[:, 0, 0, 0].long(), batch_labels)  # each image keeps its label
+        orders.append(torch.cat([batch_labels for _, batch_labels in batches]))
+    assert all(sorted(order.tolist()) == list(range(45)) for order in orders)
+    assert not torch.equal(orders[0], orders[1])
+    in_order = step1.make_loader(images, labels, 10, False, 0, torch.device("cpu"))  # for the accuracy passes
+    assert torch.equal(torch.cat([batch_labels for _, batch_labels in in_order]), labels)
+
+
 def test_same_seed_same_run_other_seed_other_weights(cifar_dir, tmp_path):
     runs = {}
     for name, seed in [("first", "7"), ("again", "7"), ("other", "8")]:
