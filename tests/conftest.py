@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, written by the tests."""
+"""Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, and step1.py run in this process."""
 import contextlib
 import io
 import os
