@@ -204,6 +204,7 @@ def main(argv=None):
     # Training
     print("Training")
     start = time.perf_counter()
+    batches_per_epoch = len(train_loader)
     for epoch in range(args.epochs):
         model.train()
         running_loss, running_batches = 0.0, 0
@@ -219,7 +220,7 @@ def main(argv=None):
             # of an epoch too short or too uneven to end on one (--limit, --batch-size).
             running_loss += loss.item()
             running_batches += 1
-            if running_batches == args.log_interval or i + 1 == len(train_loader):
+            if running_batches == args.log_interval or i + 1 == batches_per_epoch:
                 print("Epoch : %2d, mini-batch : %4d, loss : %.3f" % (epoch, i + 1, running_loss / running_batches))
                 running_loss, running_batches = 0.0, 0
 
