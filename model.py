@@ -1,4 +1,4 @@
-"""MyNet: the small convolutional network of the guide, for 32x32 colour images.
+"""MyNet, the small convolutional network of the guide, and CLASSES, the names of its 10 outputs.
 
 Three convolutional blocks shrink a (3, 32, 32) image to (24, 4, 4) features,
 then three fully connected layers turn those 384 numbers into 10 class scores.
@@ -6,6 +6,10 @@ Submodule names and order match the guide's code, so a state_dict saved by
 either network loads into the other.
 """
 import torch.nn as nn
+
+# CIFAR-10's classes, in the order of the labels (and of torchvision's CIFAR10(...).classes):
+# output i of MyNet is the score of CLASSES[i].
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def conv_block(in_channels, out_channels):
@@ -20,8 +24,6 @@ def conv_block(in_channels, out_channels):
 
 
 class MyNet(nn.Module):
-    input_shape = (3, 32, 32)  # channels, height, width of one image
-
     def __init__(self):
         super().__init__()
         # 3x32x32 -> 6x16x16 -> 12x8x8 -> 24x4x4
@@ -41,10 +43,14 @@ class MyNet(nn.Module):
         )
 
     def forward(self, x):
-        # Check the shape up front: a wrong size would otherwise be silently
-        # reshaped into the wrong number of rows, or fail deep inside a layer.
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"MyNet expects images of shape (N, 3, 32, 32), got {tuple(x.shape)}")
+        # Two slips beginners often make, caught here with a message that says what to do
+        # instead of an error from deep inside a layer.
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
+            raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)} "
+                             "(a single image needs a batch dimension: image.unsqueeze(0))")
+        if not x.is_floating_point():
+            raise TypeError("MyNet expects float pixels between 0 and 1, not integers such as uint8; "
+                            "convert them as transforms.ToTensor() does: images.float() / 255")
         x = self.conv_layers(x)
         x = x.flatten(start_dim=1)
         return self.fc_layers(x)

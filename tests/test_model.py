@@ -1,12 +1,15 @@
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 from conftest import ROOT
-from model import MyNet
+from model import CLASSES, MyNet
 
 
 class GuideNet(nn.Module):
@@ -91,7 +94,43 @@ def test_wrong_input_shape_is_a_clear_error(shape):
     with pytest.raises(ValueError) as error:
         MyNet()(torch.rand(shape))
     assert "(N, 3, 32, 32)" in str(error.value)
-    assert str(tuple(shape)) in str(error.value)
+    assert "got %s" % list(shape) in str(error.value)
+    assert "unsqueeze(0)" in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_pixels_are_a_clear_error(dtype):
+    with pytest.raises(TypeError) as error:
+        MyNet()(torch.zeros(2, 3, 32, 32, dtype=dtype))
+    assert "float" in str(error.value) and "ToTensor()" in str(error.value) and ".float() / 255" in str(error.value)
+
+
+def test_torchscript_keeps_the_outputs_and_the_checks():
+    model = MyNet().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated in recent versions
+        scripted = torch.jit.script(model)
+    images = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(scripted(images), model(images))
+    with pytest.raises(Exception, match=re.escape("got [3, 32, 32]")):
+        scripted(torch.rand(3, 32, 32))
+    with pytest.raises(Exception, match="not integers"):
+        scripted(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_torch_export_with_a_dynamic_batch_size():
+    model = trained_a_little(MyNet()).eval()
+    exported = torch.export.export(model, (torch.rand(2, 3, 32, 32),),
+                                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    for batch in (1, 7):
+        images = torch.rand(batch, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(exported.module()(images), model(images), atol=1e-6)
+
+
+def test_classes_are_cifar10s_in_torchvisions_order(cifar_dir, skip_md5_check):
+    assert torchvision.datasets.CIFAR10(cifar_dir, train=False).classes == list(CLASSES)
 
 
 def test_importing_model_prints_nothing_and_leaves_torchvision_alone():
