@@ -1,8 +1,11 @@
-"""Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, and step1.py run in this process."""
+"""Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, the md5 bypass it needs,
+and ways to run step1.py (in this process, or as `python step1.py` would) and the README's snippets."""
 import contextlib
 import io
 import os
 import pickle
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -14,8 +17,10 @@ sys.path.insert(0, ROOT)  # so that the tests import the repository's model.py a
 
 import step1  # noqa: E402
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# The label names of the real CIFAR-10, in the order of its batches.meta, which torchvision reads.
+CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_BATCH = 24  # 5 batches: 120 training images
+TRAIN_IMAGES = 5 * TRAIN_PER_BATCH
 TEST_IMAGES = 40
 
 
@@ -42,7 +47,7 @@ def write_cifar(root, seed=0):
     with open(os.path.join(folder, "test_batch"), "wb") as file:
         pickle.dump(batch(TEST_IMAGES, "testing batch 1 of 1"), file)
     with open(os.path.join(folder, "batches.meta"), "wb") as file:
-        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": TRAIN_PER_BATCH, "num_vis": 3072}, file)
+        pickle.dump({"label_names": CIFAR10_LABEL_NAMES, "num_cases_per_batch": TRAIN_PER_BATCH, "num_vis": 3072}, file)
     return root
 
 
@@ -51,15 +56,17 @@ def cifar_dir(tmp_path_factory):
     return str(write_cifar(tmp_path_factory.mktemp("datasets")))
 
 
-def skip_md5(patch):
-    """torchvision checks the md5 of the original CIFAR-10 files; ours are not those."""
-    patch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
-    patch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+def skip_md5(setattr=setattr):
+    """torchvision checks the md5 of the original CIFAR-10 files; ours are not those.
+
+    Give monkeypatch.setattr in a test; a child process (see run_python) calls it as it is."""
+    setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
 
 
 @pytest.fixture
 def skip_md5_check(monkeypatch):
-    skip_md5(monkeypatch)
+    skip_md5(monkeypatch.setattr)
 
 
 def run_step1(args):
@@ -71,12 +78,16 @@ def run_step1(args):
             step1.main(args)
         except SystemExit as exit:
             code = exit.code
+            if isinstance(code, str):  # sys.exit("message") prints the message and exits with 1
+                print(code, file=sys.stderr)
+                code = 1
     return code, out.getvalue().splitlines(), err.getvalue()
 
 
 def train(cifar_dir, output, *extra):
+    """A run of step1.py on the tiny data set that must succeed; returns its printed lines."""
     with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch)
+        skip_md5(patch.setattr)
         code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *extra])
     assert code == 0, err
     return lines
@@ -88,3 +99,28 @@ def guide_run(cifar_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("run") / "my_network.pth"
     lines = train(cifar_dir, output, "--epochs", "2", "--log-interval", "4", "--lr", "0.02")
     return lines, output
+
+
+def python_command(script, *args, md5=False):
+    """The command that runs script as `python script args` would, here with the md5 check skipped
+    unless md5 is true. The child imports this file, so it finds model.py as a user's script would."""
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import conftest; "
+            + ("" if md5 else "conftest.skip_md5(); ")
+            + "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
+    return [sys.executable, "-c", code, os.path.dirname(__file__), script, *map(str, args)]
+
+
+def run_python(script, *args, cwd, md5=False, env=None, timeout=120):
+    return subprocess.run(python_command(script, *args, md5=md5), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+
+
+def readme_snippet(containing):
+    """The one ```python block of the README that contains the given text."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if containing in block]
+    return snippet
+
+
+# With no way out: a download fails at once, wherever the tests run.
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}

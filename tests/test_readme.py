@@ -1,46 +1,131 @@
-import os
+"""The README's snippets, run as the README prints them."""
 import re
 import shutil
-import subprocess
-import sys
 
+import numpy as np
+import pytest
 import torch
+import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
+from PIL import Image
 
-from conftest import CLASSES, ROOT
-from model import MyNet
-
-# Runs a script like `python SCRIPT` would, with torchvision's md5 check skipped (our data is not the original).
-RUN_WITHOUT_MD5 = (
-    "import runpy, sys, torchvision.datasets.cifar as cifar; "
-    "cifar.CIFAR10._check_integrity = lambda self: True; cifar.check_integrity = lambda *a, **k: True; "
-    "runpy.run_path(sys.argv[1], run_name='__main__')"
-)
+from conftest import CIFAR10_LABEL_NAMES, ROOT, readme_snippet, run_python
+from model import CLASSES, MyNet
 
 
-def readme_snippet():
-    """The README's code block for reusing the weights."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "weights_only=True" in block]
-    return snippet
+def trained_model(weights):
+    model = MyNet()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    return model.eval()
 
 
-def test_readme_snippet_loads_the_weights_and_classifies_a_test_image(guide_run, cifar_dir, skip_md5_check, tmp_path):
+def run_snippet(containing, folder):
+    """Write the README's snippet into folder as a script, and run it there as a user would."""
+    (folder / "snippet.py").write_text(readme_snippet(containing))
+    result = run_python("snippet.py", cwd=folder, env={"HOME": str(folder)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def exec_snippet(containing, folder, monkeypatch, replace=("", ""), **names):
+    """Run the README's snippet in this process, in folder, with one text swapped if asked and the given
+    names defined (faster than run_snippet: no new Python); return its names."""
+    snippet = readme_snippet(containing)
+    assert replace[0] in snippet
+    monkeypatch.chdir(folder)
+    namespace = dict(names)
+    exec(snippet.replace(*replace), namespace)
+    return namespace
+
+
+def test_loading_the_weights_classifies_a_test_image(guide_run, cifar_dir, skip_md5_check, tmp_path):
     _, weights = guide_run
     # The snippet reads ./my_network.pth and ~/datasets: give it both, in a folder of its own.
     shutil.copy(weights, tmp_path / "my_network.pth")
     shutil.copytree(cifar_dir, tmp_path / "datasets")
-    (tmp_path / "snippet.py").write_text(readme_snippet())
-    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_MD5, "snippet.py"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    printed = run_snippet('root="~/datasets"', tmp_path)
 
-    model = MyNet()
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
     image, label = torchvision.datasets.CIFAR10(cifar_dir, train=False, transform=transforms.ToTensor())[0]
     with torch.no_grad():
-        guess = model(image.unsqueeze(0)).argmax().item()
-    assert result.stdout == f"guess: {CLASSES[guess]}, truth: {CLASSES[label]}\n"
+        guess = trained_model(weights)(image.unsqueeze(0)).argmax().item()
+    assert printed == f"guess: {CIFAR10_LABEL_NAMES[guess]}, truth: {CIFAR10_LABEL_NAMES[label]}\n"
+
+
+def picture(kind, path):
+    """A picture unlike CIFAR-10's: large, of any mode, in the format its name says."""
+    rng = np.random.default_rng(len(kind))
+    size = {"large RGB JPEG": (640, 480), "RGBA PNG": (50, 70), "grey PNG": (33, 33)}[kind]
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 4), dtype=np.uint8)
+    pixels[: size[1] // 2, :, 0] = 255  # something other than noise: a red top half
+    mode = {"large RGB JPEG": "RGB", "RGBA PNG": "RGBA", "grey PNG": "L"}[kind]
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind, name", [("large RGB JPEG", "photo.jpg"), ("RGBA PNG", "logo.png"),
+                                        ("grey PNG", "grey.png")])
+def test_classifying_your_own_picture_prints_the_three_likeliest_classes(guide_run, tmp_path, kind, name,
+                                                                         monkeypatch, capsys):
+    _, weights = guide_run
+    shutil.copy(weights, tmp_path / "my_network.pth")
+    path = picture(kind, tmp_path / name)
+    exec_snippet("my_picture.jpg", tmp_path, monkeypatch, replace=("my_picture.jpg", name))
+    printed = capsys.readouterr().out.splitlines()
+
+    # The same probabilities, computed here another way: Pillow's bilinear resize, then bytes / 255.
+    rgb = Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR)
+    image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        probabilities = trained_model(weights)(image.unsqueeze(0)).softmax(dim=1)[0]
+    order = probabilities.argsort(descending=True)[:3]
+    assert printed == [f"{CLASSES[i]} {100 * probabilities[i]:.1f} %" for i in order]
+    assert all(re.fullmatch(r"[a-z]+ \d{1,3}\.\d %", line) for line in printed)
+
+
+def test_stripping_module_from_dataparallel_weights(guide_run, tmp_path, monkeypatch):
+    _, weights = guide_run
+    wrapped = nn.DataParallel(trained_model(weights))
+    torch.save(wrapped.state_dict(), tmp_path / "my_network.pth")
+    assert all(name.startswith("module.") for name in torch.load(tmp_path / "my_network.pth"))
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key\(s\) in state_dict.*Unexpected key\(s\).*module\."):
+        MyNet().load_state_dict(torch.load(tmp_path / "my_network.pth"))  # the error the section is about
+
+    model = exec_snippet('removeprefix("module.")', tmp_path, monkeypatch)["model"]
+    expected = trained_model(weights).state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in model.state_dict().items())
+
+
+def test_converting_a_whole_pickled_model_to_a_state_dict(guide_run, tmp_path, monkeypatch):
+    _, weights = guide_run
+    torch.save(trained_model(weights), tmp_path / "whole_model.pth")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(tmp_path / "whole_model.pth")  # the error the section is about
+
+    exec_snippet("whole_model.pth", tmp_path, monkeypatch)
+    converted = torch.load(tmp_path / "my_network.pth", weights_only=True)
+    expected = trained_model(weights).state_dict()
+    assert list(converted) == list(expected)
+    assert all(torch.equal(converted[name], expected[name]) for name in expected)
+
+
+def test_moving_the_images_to_the_networks_device(tmp_path, monkeypatch):
+    model = MyNet().eval()
+    images = torch.rand(4, 3, 32, 32)
+    scores = exec_snippet("next(model.parameters()).device", tmp_path, monkeypatch, model=model, images=images)["scores"]
+    assert scores.shape == (4, 10)
+    with torch.no_grad():
+        assert torch.allclose(scores, model(images))
+
+
+def test_troubleshooting_names_each_error_and_the_size_mismatch_is_worded_as_torch_words_it():
+    troubleshooting = open(f"{ROOT}/README.md", encoding="utf-8").read().split("## Troubleshooting")[1]
+    for text in ["freeze_support", "CERTIFICATE_VERIFY_FAILED", "Missing key(s) in state_dict", "Unexpected key(s)",
+                 "size mismatch for fc_layers.5.weight", "Weights only load failed", "Can't get attribute 'MyNet'",
+                 "Expected all tensors to be on the same device", "Apple MPS", "the loss became nan"]:
+        assert text in troubleshooting, text
+    state_dict = MyNet().state_dict()
+    state_dict["fc_layers.5.weight"] = torch.zeros(5, 96)  # a last layer of 5 outputs instead of 10
+    with pytest.raises(RuntimeError, match=re.escape("size mismatch for fc_layers.5.weight")):
+        MyNet().load_state_dict(state_dict)

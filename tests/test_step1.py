@@ -1,8 +1,10 @@
 import os
 import pickle
 import re
+import signal
 import subprocess
-import sys
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -10,25 +12,38 @@ import torchvision
 import torchvision.transforms as transforms
 
 import step1
-from conftest import ROOT, TEST_IMAGES, TRAIN_PER_BATCH, run_step1, train
+from conftest import (CIFAR10_LABEL_NAMES, OFFLINE, ROOT, TEST_IMAGES, TRAIN_IMAGES, python_command, run_python,
+                      run_step1, train, write_cifar)
 from model import MyNet
 
-TRAIN_IMAGES = 5 * TRAIN_PER_BATCH
 LOSS_LINE = "Epoch : %2d, mini-batch : %4d, loss : %.3f"
 ACCURACY_LINE = "Epoch : %2d, training accuracy = %6.2f %%, test accuracy = %6.2f %%"
 LOSS_PATTERN = r"mini-batch : +(\d+), loss : (\d+\.\d+)"
 ACCURACY_PATTERN = r"training accuracy = +(\d+\.\d+) %, test accuracy = +(\d+\.\d+) %"
+CLASS_LINE = re.compile(r"  (\w+) +: (?: *(\d+\.\d\d) %|no test images)")
 
 
 def parse(line, pattern):
     """The numbers of a printed line, checked against the guide's format by printing them again."""
     match = re.fullmatch(r"Epoch : +(\d+), " + pattern, line)
     assert match, line
-    numbers = [int(match.group(1))] + [float(value) if "." in value else int(value) for value in match.groups()[1:]]
-    return numbers
+    return [int(match.group(1))] + [float(value) if "." in value else int(value) for value in match.groups()[1:]]
 
 
-def test_prints_the_guides_lines_in_the_guides_formats(guide_run):
+def class_table(lines):
+    """{class name: accuracy or None} from the per-class lines, checked for their format."""
+    start = lines.index("Test accuracy per class")
+    table = {}
+    for line in lines[start + 1:start + 11]:
+        match = CLASS_LINE.fullmatch(line)
+        assert match, line
+        name, value = match.groups()
+        assert line.startswith("  %-10s : " % name)  # the values line up
+        table[name] = None if value is None else float(value)
+    return table
+
+
+def test_prints_the_guides_lines_then_the_classes_then_where_the_weights_went(guide_run):
     lines, output = guide_run
     assert lines[:6] == [
         "Device            : cpu",
@@ -39,7 +54,7 @@ def test_prints_the_guides_lines_in_the_guides_formats(guide_run):
         "Training",
     ]
     order, losses = [], []
-    for line in lines[6:-1]:
+    for line in lines[6:14]:
         if "mini-batch" in line:
             epoch, batch, loss = parse(line, LOSS_PATTERN)
             assert line == LOSS_LINE % (epoch, batch, loss)
@@ -52,7 +67,11 @@ def test_prints_the_guides_lines_in_the_guides_formats(guide_run):
     assert order == [(0, 4), (0, 8), (0, 12), (0, "accuracy"), (1, 4), (1, 8), (1, 12), (1, "accuracy")]
     # A mean over mini-batches: close to ln(10) = 2.30 for an untrained network, not a sum.
     assert 1.5 < losses[0] < 3.5
-    assert re.fullmatch(r"Saved the weights to .*my_network\.pth \(training took \d+ s\)", lines[-1])
+    assert lines[14:16] == ["", "Test accuracy per class"]
+    assert list(class_table(lines)) == CIFAR10_LABEL_NAMES
+    assert lines[26] == ""
+    assert re.fullmatch(r"Saved the weights to .*my_network\.pth \(training took \d+ s\)", lines[27])
+    assert len(lines) == 28
 
 
 def test_saved_file_is_a_plain_state_dict_of_cpu_tensors(guide_run):
@@ -63,50 +82,56 @@ def test_saved_file_is_a_plain_state_dict_of_cpu_tensors(guide_run):
     assert os.listdir(output.parent) == ["my_network.pth"]  # no temporary file left behind
 
 
-def guide_accuracy(model, dataset):
-    """Accuracy computed the guide's way: ToTensor() images, batches of 10."""
-    correct = 0
-    with torch.no_grad():
-        for images, labels in torch.utils.data.DataLoader(dataset, batch_size=10):
-            correct += (model(images).argmax(dim=1) == labels).sum().item()
-    return 100.0 * correct / len(dataset)
-
-
-def test_saved_weights_reproduce_the_printed_accuracies(guide_run, cifar_dir, skip_md5_check):
+def test_saved_weights_reproduce_the_printed_accuracies_computed_the_guides_way(guide_run, cifar_dir, skip_md5_check):
     lines, output = guide_run
-    _, printed_training, printed_test = parse(lines[-2], ACCURACY_PATTERN)
+    _, printed_training, printed_test = parse(lines[13], ACCURACY_PATTERN)
     model = MyNet()
     model.load_state_dict(torch.load(output, weights_only=True))
     model.eval()
-    for training_split, printed in [(True, printed_training), (False, printed_test)]:
+    predictions = {}
+    for training_split in (True, False):
         dataset = torchvision.datasets.CIFAR10(cifar_dir, train=training_split, transform=transforms.ToTensor())
-        assert "%.2f" % guide_accuracy(model, dataset) == "%.2f" % printed
+        with torch.no_grad():  # ToTensor() images in batches of 10, as the guide does
+            predictions[training_split] = [(model(images).argmax(dim=1), labels)
+                                           for images, labels in torch.utils.data.DataLoader(dataset, batch_size=10)]
+    guessed, truth = (torch.cat(column) for column in zip(*predictions[False]))
+    training_right = sum((guessed_ == truth_).sum().item() for guessed_, truth_ in predictions[True])
+    assert "%.2f" % (100.0 * training_right / TRAIN_IMAGES) == "%.2f" % printed_training
+    assert "%.2f" % (100.0 * (guessed == truth).sum().item() / TEST_IMAGES) == "%.2f" % printed_test
     assert printed_training > 20  # it learned something: chance is 10 %
+    for number, (name, printed) in enumerate(class_table(lines).items()):
+        of_class = truth == number
+        expected = None if not of_class.any() else "%.2f" % (100.0 * (guessed[of_class] == number).float().mean())
+        assert expected == (None if printed is None else "%.2f" % printed), name
+
+
+def test_class_accuracies_weighted_by_class_size_give_the_test_accuracy(guide_run, cifar_dir, skip_md5_check):
+    lines, _ = guide_run
+    _, _, printed_test = parse(lines[13], ACCURACY_PATTERN)
+    counts = torch.bincount(torch.tensor(torchvision.datasets.CIFAR10(cifar_dir, train=False).targets), minlength=10)
+    table = class_table(lines)
+    assert all(value is not None for value in table.values())  # 40 test images: every class has some
+    weighted = sum(value * count for value, count in zip(table.values(), counts.tolist())) / TEST_IMAGES
+    assert abs(weighted - printed_test) < 0.01  # the printed figures are rounded to 2 decimals
+    assert len(set(table.values())) > 1  # not one figure copied ten times
+
+
+def test_a_class_missing_from_a_limited_test_set_says_so(cifar_dir, tmp_path, skip_md5_check):
+    first_labels = torchvision.datasets.CIFAR10(cifar_dir, train=False).targets[:6]
+    lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--limit", "6")
+    table = class_table(lines)
+    missing = {name for number, name in enumerate(CIFAR10_LABEL_NAMES) if number not in first_labels}
+    assert missing  # 6 images cannot hold all 10 classes
+    assert {name for name, value in table.items() if value is None} == missing
+    assert "  %-10s : no test images" % sorted(missing)[0] in lines
 
 
 def test_images_are_exactly_what_totensor_gives(cifar_dir, skip_md5_check):
     dataset = torchvision.datasets.CIFAR10(cifar_dir, train=True, transform=transforms.ToTensor())
     expected = torch.stack([image for image, _ in dataset])
-    ours = step1.to_float(torch.from_numpy(dataset.data).permute(0, 3, 1, 2), torch.device("cpu"))
+    ours = step1.to_float(torch.from_numpy(dataset.data).permute(0, 3, 1, 2))
     assert ours.dtype == torch.float32
     assert torch.equal(ours, expected)
-
-
-def test_training_batches_cover_every_image_in_a_new_order_each_epoch():
-    images = torch.arange(45, dtype=torch.uint8)[:, None, None, None].expand(45, 3, 32, 32)
-    labels = torch.arange(45)
-    loader = step1.make_loader(images, labels, 10, True, 0, torch.device("cpu"))
-    orders = []
-    for _ in range(2):  # two epochs
-        batches = list(loader)
-        assert [len(batch_labels) for _, batch_labels in batches] == [10, 10, 10, 10, 5]
-        for batch_images, batch_labels in batches:
-            assert torch.equal(batch_images[:, 0, 0, 0].long(), batch_labels)  # each image keeps its label
-        orders.append(torch.cat([batch_labels for _, batch_labels in batches]))
-    assert all(sorted(order.tolist()) == list(range(45)) for order in orders)
-    assert not torch.equal(orders[0], orders[1])
-    in_order = step1.make_loader(images, labels, 10, False, 0, torch.device("cpu"))  # for the accuracy passes
-    assert torch.equal(torch.cat([batch_labels for _, batch_labels in in_order]), labels)
 
 
 def test_same_seed_same_run_other_seed_other_weights(cifar_dir, tmp_path):
@@ -114,17 +139,31 @@ def test_same_seed_same_run_other_seed_other_weights(cifar_dir, tmp_path):
     for name, seed in [("first", "7"), ("again", "7"), ("other", "8")]:
         lines = train(cifar_dir, tmp_path / f"{name}.pth", "--epochs", "1", "--log-interval", "3", "--seed", seed)
         runs[name] = lines[:-1], torch.load(tmp_path / f"{name}.pth", weights_only=True)  # the last line has a time
-    (first_lines, first), (again_lines, again), (_, other) = runs["first"], runs["again"], runs["other"]
+    (first_lines, first), (again_lines, again), (other_lines, other) = runs["first"], runs["again"], runs["other"]
     assert first_lines == again_lines
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["fc_layers.5.weight"], other["fc_layers.5.weight"])
+    assert first_lines != other_lines
 
 
-def test_worker_processes_give_the_same_run(cifar_dir, tmp_path):
-    runs = [train(cifar_dir, tmp_path / f"{workers}.pth", "--epochs", "1", "--log-interval", "3", "--workers", workers)
-            for workers in ("0", "2")]
-    assert runs[0][:-1] == runs[1][:-1]  # all but the last line, which has a time
-    assert len(runs[0]) == 6 + 4 + 1 + 1
+def test_each_epoch_sees_every_training_image_once_in_a_new_order(cifar_dir, tmp_path, monkeypatch):
+    seen = []
+    real_to_float = step1.to_float
+
+    def recording_to_float(images):
+        if torch.is_grad_enabled():  # training, not the accuracy passes
+            seen.append(images.clone())
+        return real_to_float(images)
+
+    monkeypatch.setattr(step1, "to_float", recording_to_float)
+    train(cifar_dir, tmp_path / "w.pth", "--epochs", "2", "--batch-size", "25")
+    assert [len(batch) for batch in seen] == [25, 25, 25, 25, 20] * 2
+    epochs = [torch.cat(seen[:5]), torch.cat(seen[5:])]
+    flat = [epoch.flatten(start_dim=1) for epoch in epochs]
+    for epoch in flat:  # every image once: 120 different images
+        assert len(torch.unique(epoch, dim=0)) == TRAIN_IMAGES
+    assert torch.equal(torch.unique(flat[0], dim=0), torch.unique(flat[1], dim=0))  # the same images
+    assert not torch.equal(flat[0], flat[1])  # in another order
 
 
 def test_the_loss_of_an_uneven_epoch_ends_with_its_last_mini_batches(cifar_dir, tmp_path):
@@ -141,17 +180,35 @@ def test_limit_uses_only_the_first_images(cifar_dir, tmp_path, limit, sizes):
     assert sum("mini-batch" in line for line in lines) == -(-sizes[0] // 10)
 
 
+def test_the_defaults_are_the_guides_values():
+    code, lines, _ = run_step1(["--help"])
+    assert code == 0
+    text = " ".join(" ".join(lines).split())  # argparse wraps the lines
+    for option, default in [("--epochs", "10"), ("--batch-size", "10"), ("--lr", "0.001"), ("--momentum", "0.9"),
+                            ("--log-interval", "1000"), ("--output", "my_network.pth"), ("--data-dir", "~/datasets")]:
+        assert re.search(re.escape(option) + r" \S+ .*?\(default: " + re.escape(default) + r"\)", text), option
+
+
 @pytest.mark.parametrize("bad", [
-    ["--epochs", "0"], ["--epochs", "ten"], ["--batch-size", "0"], ["--limit", "-1"], ["--limit", "0"],
-    ["--lr", "0"], ["--lr", "-0.1"], ["--momentum", "1.5"], ["--log-interval", "0"], ["--workers", "-1"],
-    ["--device", "tpu"],
+    ["--epochs", "0"], ["--epochs", "ten"], ["--batch-size", "0"], ["--batch-size", "99999999999999999999999"],
+    ["--limit", "-1"], ["--limit", "0"], ["--log-interval", "0"],
+    ["--lr", "0"], ["--lr", "-0.1"], ["--lr", "inf"], ["--lr", "nan"], ["--momentum", "1"], ["--momentum", "-0.5"],
+    ["--momentum", "nan"], ["--seed", "-1"], ["--seed", "18446744073709551616"], ["--device", "tpu"],
 ])
-def test_nonsense_values_are_refused_like_argparse_does(bad, tmp_path):
+def test_values_that_cannot_work_are_refused_before_anything_else(bad, tmp_path):
     code, lines, err = run_step1([*bad, "--output", str(tmp_path / "w.pth")])
     assert code == 2
     assert lines == []
-    assert ": error: argument %s: " % bad[0] in err.splitlines()[-1]
+    usage, error = err.splitlines()  # argparse's usage line, then the error
+    assert re.fullmatch(r"usage: \S+ \[options\]  \(--help lists them\)", usage)  # prog: pytest's here
+    assert ": error: argument %s: " % bad[0] in error
     assert os.listdir(tmp_path) == []
+
+
+def test_workers_is_gone(tmp_path):
+    code, _, err = run_step1(["--workers", "2", "--output", str(tmp_path / "w.pth")])
+    assert code == 2
+    assert "unrecognized arguments: --workers 2" in err
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
@@ -161,38 +218,43 @@ def test_asking_for_a_missing_gpu_is_refused(device, monkeypatch, tmp_path):
     code, lines, err = run_step1(["--device", device, "--output", str(tmp_path / "w.pth")])
     assert code == 2
     assert lines == []
-    assert "error: --device %s:" % device in err and "not available" in err
+    assert "error: argument --device: %s is not available" % device in err
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
 def test_auto_device_prefers_cuda_then_mps_then_cpu(cuda, mps, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    assert step1.pick_device("auto", parser=None) == torch.device(expected)
+    assert step1.pick_device(None, "auto") == torch.device(expected)
 
 
 def refused_output(cifar_dir, output):
     """Run with a bad --output; return the error line, after checking nothing was read or trained."""
     code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
     assert code == 2
-    assert lines == []  # not even the data set sizes: refused before reading anything
+    assert lines == []  # not even the device: refused before reading anything
     return err.splitlines()[-1]
 
 
 def test_output_in_a_missing_folder_is_refused_before_training(cifar_dir, tmp_path):
     error = refused_output(cifar_dir, tmp_path / "missing" / "w.pth")
-    assert "does not exist" in error and str(tmp_path / "missing") in error
+    assert "cannot write" in error and "No such file or directory" in error
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", ["sub", "sub/", "new/", None])
-def test_output_that_is_a_folder_is_refused_before_training(cifar_dir, tmp_path, name):
-    (tmp_path / "sub").mkdir()
-    output = "" if name is None else os.path.join(str(tmp_path), name)
-    error = refused_output(cifar_dir, output)
-    assert "is a folder, not a file name" in error
-    assert os.listdir(tmp_path) == ["sub"]
-    assert os.listdir(tmp_path / "sub") == []
+@pytest.mark.parametrize("kind", ["folder", "folder/", "new/", "", "fifo", "link to a file", "broken link"])
+def test_output_that_is_not_a_regular_file_is_refused_and_left_alone(cifar_dir, tmp_path, kind):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_bytes(b"weights")
+    os.mkfifo(tmp_path / "fifo")  # like /dev/null, not a regular file; creating one needs no privilege
+    os.symlink(tmp_path / "file", tmp_path / "link to a file")
+    os.symlink(tmp_path / "nothing", tmp_path / "broken link")
+    before = {entry.name: entry.stat(follow_symlinks=False).st_mode for entry in os.scandir(tmp_path)}
+    error = refused_output(cifar_dir, os.path.join(str(tmp_path), kind) if kind else "")
+    assert "is not a file name" in error
+    assert {entry.name: entry.stat(follow_symlinks=False).st_mode for entry in os.scandir(tmp_path)} == before
+    assert os.listdir(tmp_path / "folder") == []
+    assert (tmp_path / "file").read_bytes() == b"weights"
 
 
 def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tmp_path, monkeypatch):
@@ -210,11 +272,70 @@ def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tm
     assert os.listdir(tmp_path) == []
 
 
-def test_a_failed_save_keeps_the_earlier_file(tmp_path):
+def test_tilde_is_expanded_in_output_and_data_dir(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    os.symlink(cifar_dir, tmp_path / "datasets")
+    train(cifar_dir, "~/w.pth", "--epochs", "1", "--data-dir", "~/datasets")
+    assert sorted(os.listdir(tmp_path)) == ["datasets", "w.pth"]
+    assert not os.path.exists("~")
+
+
+def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
+    beside = {"my_network.pth.tmp": b"a run of mine", "my_network.tmp": b"notes", "results.tmp": b"results"}
+    for name, content in beside.items():
+        (tmp_path / name).write_bytes(content)
+    train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
+    assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth"])
+    assert all((tmp_path / name).read_bytes() == content for name, content in beside.items())
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, pickle.PicklingError])
+def test_a_save_that_fails_midway_keeps_the_earlier_file_and_leaves_nothing(tmp_path, monkeypatch, interruption):
     output = tmp_path / "my_network.pth"
     output.write_bytes(b"earlier weights")
-    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the Python version
-        step1.save_atomically({"not a tensor": lambda: None}, str(output))  # cannot be pickled
+
+    def failing_save(state_dict, file):
+        file.write(b"half of the new weights")
+        raise interruption()
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(interruption):
+        step1.save_weights(MyNet().state_dict(), str(output))
+    assert output.read_bytes() == b"earlier weights"
+    assert os.listdir(tmp_path) == ["my_network.pth"]
+
+
+def test_a_loss_that_is_no_longer_a_number_stops_the_run(cifar_dir, tmp_path, skip_md5_check):
+    output = tmp_path / "my_network.pth"
+    output.write_bytes(b"earlier weights")
+    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
+                                  "--lr", "1e6", "--epochs", "3", "--log-interval", "1"])
+    assert code != 0
+    [error] = err.splitlines()
+    match = re.fullmatch(r"error: the loss became (nan|inf) at epoch 0, mini-batch (\d+): the training diverged\. "
+                         r"Try a smaller --lr than 1000000\.0\. Nothing was saved\.", error)
+    assert match, error
+    # Stopped at that very mini-batch: every earlier one printed a finite loss, and nothing came after.
+    assert [parse(line, LOSS_PATTERN)[1] for line in lines if "mini-batch" in line] == list(range(1, int(match[2])))
+    assert not any("accuracy" in line or "Saved" in line for line in lines)
+    assert output.read_bytes() == b"earlier weights"
+    assert os.listdir(tmp_path) == ["my_network.pth"]
+
+
+def test_sigterm_stops_the_run_like_ctrl_c(cifar_dir, tmp_path):
+    output = tmp_path / "my_network.pth"
+    output.write_bytes(b"earlier weights")
+    run = subprocess.Popen(python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
+                                          "--epochs", "1000000"),
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in run.stdout:
+        if "training accuracy" in line:  # well into training
+            break
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 1
+    assert err.splitlines() == ["", "interrupted: no weights were saved"]
     assert output.read_bytes() == b"earlier weights"
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
@@ -223,16 +344,85 @@ def test_missing_data_offline_is_one_clear_line(tmp_path):
     output = tmp_path / "my_network.pth"
     output.write_bytes(b"earlier weights")
     data_dir = tmp_path / "datasets"
-    # Send any download to a closed local port, so the test is offline wherever it runs.
-    env = dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="")
-    result = subprocess.run(
-        [sys.executable, "step1.py", "--data-dir", str(data_dir), "--output", str(output)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = run_python("step1.py", "--data-dir", data_dir, "--output", output, cwd=ROOT, md5=True, env=OFFLINE)
     assert result.returncode == 1
-    assert result.stdout.splitlines()[:1] == [line for line in result.stdout.splitlines() if line.startswith("Device")]
-    assert "Training" not in result.stdout
+    assert result.stdout.startswith("Device") and "Training" not in result.stdout
     [error] = result.stderr.splitlines()
     assert error.startswith("error: CIFAR-10 is not in %s and could not be downloaded" % data_dir)
     assert "cifar-10-python.tar.gz" in error and "cifar-10-batches-py/" in error and "--data-dir" in error
     assert not data_dir.exists()  # no empty folder left behind
+    assert os.listdir(tmp_path) == ["my_network.pth"]
     assert output.read_bytes() == b"earlier weights"
+
+
+def folder_contents(folder):
+    return {os.path.relpath(os.path.join(path, name), folder): open(os.path.join(path, name), "rb").read()
+            for path, _, names in os.walk(folder) for name in names}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any download fails as it does without a network (faster than a new Python with OFFLINE)."""
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.mark.parametrize("damage", ["not the original files", "a truncated batch", "a missing batch"])
+def test_damaged_data_offline_is_one_clear_line_and_left_as_it_was(tmp_path, damage, offline):
+    data_dir = write_cifar(tmp_path / "datasets")
+    batch = data_dir / "cifar-10-batches-py" / "data_batch_3"
+    if damage == "a truncated batch":
+        batch.write_bytes(batch.read_bytes()[:1000])
+    elif damage == "a missing batch":
+        batch.unlink()
+    before = folder_contents(data_dir)
+    # torchvision's real md5 check: our files are not the original ones, so they count as damaged.
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert "Training" not in lines
+    [error] = err.splitlines()
+    assert error.startswith(f"error: CIFAR-10 in {data_dir} is incomplete or damaged and could not be downloaded "
+                            f"again"), error
+    assert "Delete cifar-10-batches-py from it" in error and "cifar-10-python.tar.gz" in error
+    assert folder_contents(data_dir) == before
+    assert sorted(os.listdir(tmp_path)) == ["datasets"]
+
+
+def test_data_dir_naming_the_batches_folder_itself_names_the_folder_to_give(cifar_dir, tmp_path):
+    batches = os.path.join(cifar_dir, "cifar-10-batches-py")
+    code, lines, err = run_step1(["--data-dir", batches + "/", "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: --data-dir {batches}/ is the cifar-10-batches-py folder itself; "
+                                f"give the folder that holds it: --data-dir {cifar_dir}"]
+    assert not os.path.exists(os.path.join(batches, "cifar-10-batches-py"))  # nothing downloaded into it
+    assert os.listdir(tmp_path) == []
+
+
+def test_data_dir_naming_a_file_is_refused(tmp_path):
+    (tmp_path / "cifar.tar.gz").write_bytes(b"not a folder")
+    code, _, err = run_step1(["--data-dir", str(tmp_path / "cifar.tar.gz"), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    [error] = err.splitlines()
+    assert error.startswith(f"error: --data-dir {tmp_path / 'cifar.tar.gz'} is a file; give the folder that holds")
+    assert sorted(os.listdir(tmp_path)) == ["cifar.tar.gz"]
+    assert (tmp_path / "cifar.tar.gz").read_bytes() == b"not a folder"
+
+
+def test_data_that_cannot_be_read_says_so(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
+    # Permission bits do not stop root, so the refusal of the operating system is played here.
+    real_open = open
+    batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path) == batch:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing_open)
+    code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: cannot access {batch} (Permission denied); "
+                                f"fix its permissions or give another --data-dir"]
+    assert os.path.isfile(batch)
