@@ -149,7 +149,8 @@ def check_arguments(parser, args):
     # Replace only a regular file: never a folder, a link, or a device such as /dev/null.
     output = args.output
     if not os.path.basename(output) or os.path.lexists(output) and not stat.S_ISREG(os.lstat(output).st_mode):
-        parser.error(f"argument --output: {output} is not a file name (it names a folder, a link or a device)")
+        parser.error(f"argument --output: {output} is not a file name (it names a folder, a link or a device); "
+                     f"give one such as my_network.pth")
     try:  # Create and delete a file there: permission bits alone do not tell (root, read-only disks).
         with new_file_beside(output) as probe:
             pass
@@ -175,7 +176,7 @@ def load_cifar10(root, train):
         sys.exit(f"error: --data-dir {root} is the cifar-10-batches-py folder itself; "
                  f"give the folder that holds it: --data-dir {os.path.dirname(os.path.abspath(root))}")
     if os.path.exists(root) and not os.path.isdir(root):
-        sys.exit(f"error: --data-dir {root} is a file; give the folder that holds cifar-10-batches-py/, "
+        sys.exit(f"error: --data-dir {root} is not a folder; give the folder that holds cifar-10-batches-py/, "
                  f"or a new folder to download CIFAR-10 into")
     root_existed = os.path.exists(root)
     try:

@@ -113,7 +113,8 @@ def test_converting_a_whole_pickled_model_to_a_state_dict(guide_run, tmp_path, m
 def test_moving_the_images_to_the_networks_device(tmp_path, monkeypatch):
     model = MyNet().eval()
     images = torch.rand(4, 3, 32, 32)
-    scores = exec_snippet("next(model.parameters()).device", tmp_path, monkeypatch, model=model, images=images)["scores"]
+    names = exec_snippet("next(model.parameters()).device", tmp_path, monkeypatch, model=model, images=images)
+    scores = names["scores"]
     assert scores.shape == (4, 10)
     with torch.no_grad():
         assert torch.allclose(scores, model(images))

@@ -257,16 +257,21 @@ def test_output_that_is_not_a_regular_file_is_refused_and_left_alone(cifar_dir, 
     assert (tmp_path / "file").read_bytes() == b"weights"
 
 
-def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tmp_path, monkeypatch):
-    # Permission bits do not stop root, so the refusal of the operating system is played here.
+def refuse_to_open(monkeypatch, refused):
+    """Make open() fail as the operating system does for a path you may not use, for the paths refused()
+    picks: permission bits do not stop root, which the tests may run as."""
     real_open = open
 
     def refusing_open(path, *args, **kwargs):
-        if str(path).startswith(str(tmp_path)):
+        if refused(str(path)):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", refusing_open)
+
+
+def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tmp_path, monkeypatch):
+    refuse_to_open(monkeypatch, lambda path: path.startswith(str(tmp_path)))
     error = refused_output(cifar_dir, tmp_path / "w.pth")
     assert "cannot write" in error and "Permission denied" in error
     assert os.listdir(tmp_path) == []
@@ -405,22 +410,14 @@ def test_data_dir_naming_a_file_is_refused(tmp_path):
     code, _, err = run_step1(["--data-dir", str(tmp_path / "cifar.tar.gz"), "--output", str(tmp_path / "w.pth")])
     assert code == 1
     [error] = err.splitlines()
-    assert error.startswith(f"error: --data-dir {tmp_path / 'cifar.tar.gz'} is a file; give the folder that holds")
+    assert error.startswith(f"error: --data-dir {tmp_path / 'cifar.tar.gz'} is not a folder; give the folder")
     assert sorted(os.listdir(tmp_path)) == ["cifar.tar.gz"]
     assert (tmp_path / "cifar.tar.gz").read_bytes() == b"not a folder"
 
 
 def test_data_that_cannot_be_read_says_so(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
-    # Permission bits do not stop root, so the refusal of the operating system is played here.
-    real_open = open
     batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
-
-    def refusing_open(path, *args, **kwargs):
-        if str(path) == batch:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", refusing_open)
+    refuse_to_open(monkeypatch, lambda path: path == batch)
     code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth")])
     assert code == 1
     assert err.splitlines() == [f"error: cannot access {batch} (Permission denied); "
