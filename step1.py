@@ -36,12 +36,14 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=10, help="images per training mini-batch")
     parser.add_argument("--lr", type=float, default=0.001, help="learning rate")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum")
-    parser.add_argument("--log-interval", type=int, default=1000, help="print the mean loss every N mini-batches")
+    parser.add_argument("--log-interval", type=int, default=1000, metavar="N",
+                        help="print the mean loss every N mini-batches")
     parser.add_argument("--output", type=os.path.expanduser, default="my_network.pth", help="where to save the weights")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto takes CUDA, then Apple MPS, then the CPU")
     parser.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same run")
-    parser.add_argument("--limit", type=int, help="use only the first N training and N test images, for a quick try")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="use only the first N training and N test images, for a quick try")
     args = parser.parse_args(argv)
     check_arguments(parser, args)  # now, rather than after minutes of training
     device = pick_device(parser, args.device)
