@@ -210,6 +210,8 @@ def save_weights(state_dict, path):
     try:
         with file:
             torch.save(state_dict, file)
+            file.flush()
+            os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
         os.replace(file.name, path)
     except BaseException:
         os.remove(file.name)
