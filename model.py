@@ -5,6 +5,8 @@ then three fully connected layers turn those 384 numbers into 10 class scores.
 Submodule names and order match the guide's code, so a state_dict saved by
 either network loads into the other.
 """
+from typing import List
+
 import torch.nn as nn
 
 # CIFAR-10's classes, in the order of the labels (and of torchvision's CIFAR10(...).classes):
@@ -21,6 +23,24 @@ def conv_block(in_channels, out_channels):
         nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=2, stride=2),
     ]
+
+
+def shape_advice(shape: List[int]) -> str:
+    """What to do about an input of the wrong shape, for the shapes that beginners' slips give."""
+    if shape == [3, 32, 32]:
+        return "a single image needs a batch dimension: image.unsqueeze(0)"
+    if len(shape) == 3 and shape[0] == 3:
+        return "a single image needs a batch dimension, image.unsqueeze(0), and 32 x 32 pixels: transforms.Resize"
+    if len(shape) in (3, 4) and shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4):
+        return ("the channels come last here, as Pillow and NumPy store them; PyTorch wants them first: "
+                + ("image.permute(2, 0, 1).unsqueeze(0)" if len(shape) == 3 else "images.permute(0, 3, 1, 2)"))
+    if len(shape) == 4 and shape[1] == 1:
+        return 'grey images need 3 channels: picture.convert("RGB") before ToTensor(), or images.expand(-1, 3, -1, -1)'
+    if len(shape) == 4 and shape[1] == 4:
+        return 'drop the transparency channel: picture.convert("RGB") before ToTensor(), or images[:, :3]'
+    if len(shape) == 4 and shape[1] == 3:
+        return "resize the images to 32 x 32 pixels first, for example with transforms.Resize((32, 32))"
+    return "a batch of N colour images of 32 x 32 pixels, channels first"
 
 
 class MyNet(nn.Module):
@@ -43,11 +63,11 @@ class MyNet(nn.Module):
         )
 
     def forward(self, x):
-        # Two slips beginners often make, caught here with a message that says what to do
+        # The slips beginners often make, caught here with a message that says what to do
         # instead of an error from deep inside a layer.
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
-            raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)} "
-                             "(a single image needs a batch dimension: image.unsqueeze(0))")
+            raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)}: "
+                             + shape_advice(list(x.shape)))
         if not x.is_floating_point():
             raise TypeError("MyNet expects float pixels between 0 and 1, not integers such as uint8; "
                             "convert them as transforms.ToTensor() does: images.float() / 255")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+import torchvision.transforms as transforms
 
 from conftest import ROOT
 from model import CLASSES, MyNet
@@ -89,13 +90,36 @@ def test_weights_move_between_the_guides_network_and_ours(source, target):
         assert not torch.equal(target().eval()(images), expected)  # the weights really changed something
 
 
-@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (1, 3, 64, 64), (2, 3, 32, 16)])
-def test_wrong_input_shape_is_a_clear_error(shape):
+@pytest.mark.parametrize("shape, advice", [
+    ((3, 32, 32), "a single image needs a batch dimension: image.unsqueeze(0)"),
+    ((3, 64, 48), "a single image needs a batch dimension, image.unsqueeze(0), and 32 x 32 pixels"),
+    ((1, 3, 64, 64), "resize the images to 32 x 32 pixels first, for example with transforms.Resize((32, 32))"),
+    ((2, 3, 32, 16), "resize the images to 32 x 32 pixels first"),
+    ((1, 1, 32, 32), 'grey images need 3 channels: picture.convert("RGB") before ToTensor(), '
+                     'or images.expand(-1, 3, -1, -1)'),
+    ((2, 4, 32, 32), 'drop the transparency channel: picture.convert("RGB") before ToTensor(), or images[:, :3]'),
+    ((1, 32, 32, 3), "the channels come last here, as Pillow and NumPy store them; PyTorch wants them first: "
+                     "images.permute(0, 3, 1, 2)"),
+    ((32, 32, 3), "PyTorch wants them first: image.permute(2, 0, 1).unsqueeze(0)"),
+    ((10, 3072), "a batch of N colour images of 32 x 32 pixels, channels first"),
+])
+def test_wrong_input_shape_is_a_clear_error_with_the_advice_that_fits(shape, advice):
     with pytest.raises(ValueError) as error:
         MyNet()(torch.rand(shape))
-    assert "(N, 3, 32, 32)" in str(error.value)
-    assert "got %s" % list(shape) in str(error.value)
-    assert "unsqueeze(0)" in str(error.value)
+    message = str(error.value)
+    assert message.startswith("MyNet expects a batch of images of shape (N, 3, 32, 32), got %s: " % list(shape))
+    assert advice in message
+    if len(shape) == 4:  # a batch already: not the advice for a single image
+        assert "unsqueeze" not in message
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 32, 32, 3), (1, 3, 64, 64)])
+def test_following_the_advice_gives_an_input_that_works(shape):
+    images = torch.rand(shape)
+    fixed = {(1, 1, 32, 32): lambda: images.expand(-1, 3, -1, -1),
+             (1, 32, 32, 3): lambda: images.permute(0, 3, 1, 2),
+             (1, 3, 64, 64): lambda: transforms.Resize((32, 32))(images)}[shape]()
+    assert MyNet().eval()(fixed).shape == (1, 10)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
