@@ -53,35 +53,58 @@ def test_loading_the_weights_classifies_a_test_image(guide_run, cifar_dir, skip_
 
 
 def picture(kind, path):
-    """A picture unlike CIFAR-10's: large, of any mode, in the format its name says."""
+    """A picture unlike CIFAR-10's: large, of any mode, in the format its name says. Returns the picture as the
+    snippet should see it: upright, 8 bits per channel, RGB."""
     rng = np.random.default_rng(len(kind))
-    size = {"large RGB JPEG": (640, 480), "RGBA PNG": (50, 70), "grey PNG": (33, 33)}[kind]
+    size = {"RGBA PNG": (50, 70), "grey PNG": (33, 33), "16-bit grey PNG": (48, 40)}.get(kind, (64, 48))
     pixels = rng.integers(0, 256, size=(size[1], size[0], 4), dtype=np.uint8)
     pixels[: size[1] // 2, :, 0] = 255  # something other than noise: a red top half
-    mode = {"large RGB JPEG": "RGB", "RGBA PNG": "RGBA", "grey PNG": "L"}[kind]
+    mode = {"RGBA PNG": "RGBA", "grey PNG": "L"}.get(kind, "RGB")
     image = Image.fromarray(pixels, "RGBA").convert(mode)
+    if kind == "16-bit grey PNG":  # from black to nearly white, in 16 bits: Pillow's mode I;16
+        grey = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) * 65535 // (size[0] * size[1]))
+        Image.fromarray(grey.astype(np.uint16)).save(path)
+        with Image.open(path) as saved:
+            assert saved.mode == "I;16"
+        return Image.fromarray((grey >> 8).astype(np.uint8), "L").convert("RGB")
+    if kind == "phone photo, stored sideways":  # the camera's pixels, and the EXIF tag that turns them upright
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
+        image.save(path, exif=exif)
+        with Image.open(path) as saved:
+            return saved.transpose(Image.Transpose.ROTATE_270).convert("RGB")
     image.save(path)
-    return path
+    with Image.open(path) as saved:
+        return saved.convert("RGB")
 
 
 @pytest.mark.parametrize("kind, name", [("large RGB JPEG", "photo.jpg"), ("RGBA PNG", "logo.png"),
-                                        ("grey PNG", "grey.png")])
+                                        ("grey PNG", "grey.png"), ("16-bit grey PNG", "scan.png"),
+                                        ("phone photo, stored sideways", "IMG_0001.JPG"), ("BMP", "paint.bmp"),
+                                        ("TIFF", "scan.tif"), ("GIF", "drawing.gif"), ("WebP", "web.webp")])
 def test_classifying_your_own_picture_prints_the_three_likeliest_classes(guide_run, tmp_path, kind, name,
                                                                          monkeypatch, capsys):
     _, weights = guide_run
     shutil.copy(weights, tmp_path / "my_network.pth")
-    path = picture(kind, tmp_path / name)
+    seen = picture(kind, tmp_path / name)
+    # Pillow refuses pictures above twice this many pixels, unless told otherwise: the snippet does.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     exec_snippet("my_picture.jpg", tmp_path, monkeypatch, replace=("my_picture.jpg", name))
     printed = capsys.readouterr().out.splitlines()
 
     # The same probabilities, computed here another way: Pillow's bilinear resize, then bytes / 255.
-    rgb = Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR)
-    image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255
-    with torch.no_grad():
-        probabilities = trained_model(weights)(image.unsqueeze(0)).softmax(dim=1)[0]
-    order = probabilities.argsort(descending=True)[:3]
-    assert printed == [f"{CLASSES[i]} {100 * probabilities[i]:.1f} %" for i in order]
+    def probabilities(rgb):
+        image = torch.from_numpy(np.asarray(rgb.resize((32, 32), Image.BILINEAR)).copy()).permute(2, 0, 1) / 255
+        with torch.no_grad():
+            return trained_model(weights)(image.float().unsqueeze(0)).softmax(dim=1)[0]
+
+    expected = probabilities(seen)
+    order = expected.argsort(descending=True)[:3]
+    assert printed == [f"{CLASSES[i]} {100 * expected[i]:.1f} %" for i in order]
     assert all(re.fullmatch(r"[a-z]+ \d{1,3}\.\d %", line) for line in printed)
+    if kind in ("16-bit grey PNG", "phone photo, stored sideways"):  # not what a plain convert("RGB") gives
+        with Image.open(tmp_path / name) as plain:
+            assert not torch.allclose(probabilities(plain.convert("RGB")), expected)
 
 
 def test_stripping_module_from_dataparallel_weights(guide_run, tmp_path, monkeypatch):
