@@ -1,15 +1,18 @@
 """Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, the md5 bypass it needs,
-and ways to run step1.py (in this process, or as `python step1.py` would) and the README's snippets."""
+ways to run step1.py (in this process, or as `python step1.py` would) and the README's snippets,
+and an earlier weights file for step1.py to keep or replace."""
 import contextlib
 import io
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 import torchvision.datasets.cifar as cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +72,21 @@ def skip_md5_check(monkeypatch):
     skip_md5(monkeypatch.setattr)
 
 
+def pytest_configure(config):
+    # A file left open is an error here, not a warning that scrolls by.
+    config.addinivalue_line("filterwarnings", "error::ResourceWarning")
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """step1.py ignores Ctrl-C and kill while it saves (its run then ends); not for the tests that follow."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+
+
 def run_step1(args):
     """Run step1.py's main(args) here; return its exit code, printed lines and error output."""
     out, err = io.StringIO(), io.StringIO()
@@ -82,6 +100,12 @@ def run_step1(args):
                 print(code, file=sys.stderr)
                 code = 1
     return code, out.getvalue().splitlines(), err.getvalue()
+
+
+def earlier_weights(path):
+    """Write weights that torch.save saved earlier to path, as a run before this one did; return the file's bytes."""
+    torch.save({"fc_layers.5.bias": torch.arange(10.0)}, path)
+    return path.read_bytes()
 
 
 def train(cifar_dir, output, *extra):
@@ -101,23 +125,25 @@ def guide_run(cifar_dir, tmp_path_factory):
     return lines, output
 
 
-def python_command(script, *args, md5=False):
+def python_command(script, *args, md5=False, setup=""):
     """The command that runs script as `python script args` would, here with the md5 check skipped
-    unless md5 is true. The child imports this file, so it finds model.py as a user's script would."""
+    unless md5 is true, after the Python statements in setup. The child imports this file, so it finds
+    model.py as a user's script would."""
     code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import conftest; "
-            + ("" if md5 else "conftest.skip_md5(); ")
+            + ("" if md5 else "conftest.skip_md5(); ") + (setup and setup + "; ")
             + "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
     return [sys.executable, "-c", code, os.path.dirname(__file__), script, *map(str, args)]
 
 
-def run_python(script, *args, cwd, md5=False, env=None, timeout=120):
-    return subprocess.run(python_command(script, *args, md5=md5), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+def run_python(script, *args, cwd, md5=False, setup="", env=None, timeout=120):
+    return subprocess.run(python_command(script, *args, md5=md5, setup=setup), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
 
 
 def readme_snippet(containing):
     """The one ```python block of the README that contains the given text."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as file:
+        readme = file.read()
     [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if containing in block]
     return snippet
 

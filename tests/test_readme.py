@@ -144,10 +144,12 @@ def test_moving_the_images_to_the_networks_device(tmp_path, monkeypatch):
 
 
 def test_troubleshooting_names_each_error_and_the_size_mismatch_is_worded_as_torch_words_it():
-    troubleshooting = open(f"{ROOT}/README.md", encoding="utf-8").read().split("## Troubleshooting")[1]
+    with open(f"{ROOT}/README.md", encoding="utf-8") as readme:
+        troubleshooting = readme.read().split("## Troubleshooting")[1]
     for text in ["freeze_support", "CERTIFICATE_VERIFY_FAILED", "Missing key(s) in state_dict", "Unexpected key(s)",
                  "size mismatch for fc_layers.5.weight", "Weights only load failed", "Can't get attribute 'MyNet'",
-                 "Expected all tensors to be on the same device", "Apple MPS", "the loss became nan"]:
+                 "Expected all tensors to be on the same device", "Apple MPS",
+                 "the loss or the weights became nan or inf"]:
         assert text in troubleshooting, text
     state_dict = MyNet().state_dict()
     state_dict["fc_layers.5.weight"] = torch.zeros(5, 96)  # a last layer of 5 outputs instead of 10

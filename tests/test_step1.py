@@ -1,10 +1,6 @@
+"""What step1.py prints, trains and saves, and the options it takes. Its safeguards: test_safeguards.py."""
 import os
-import pickle
 import re
-import signal
-import subprocess
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
@@ -12,8 +8,7 @@ import torchvision
 import torchvision.transforms as transforms
 
 import step1
-from conftest import (CIFAR10_LABEL_NAMES, OFFLINE, ROOT, TEST_IMAGES, TRAIN_IMAGES, python_command, run_python,
-                      run_step1, train, write_cifar)
+from conftest import CIFAR10_LABEL_NAMES, TEST_IMAGES, TRAIN_IMAGES, run_step1, train
 from model import MyNet
 
 LOSS_LINE = "Epoch : %2d, mini-batch : %4d, loss : %.3f"
@@ -173,7 +168,8 @@ def test_the_loss_of_an_uneven_epoch_ends_with_its_last_mini_batches(cifar_dir, 
     assert all(1.5 < loss < 3.5 for _, _, loss in losses)  # means, not sums
 
 
-@pytest.mark.parametrize("limit, sizes", [("30", (30, 30)), ("1000", (TRAIN_IMAGES, TEST_IMAGES))])
+@pytest.mark.parametrize("limit, sizes", [("30", (30, 30)), ("1000", (TRAIN_IMAGES, TEST_IMAGES)),
+                                          ("0", (TRAIN_IMAGES, TEST_IMAGES))])
 def test_limit_uses_only_the_first_images(cifar_dir, tmp_path, limit, sizes):
     lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--log-interval", "1", "--limit", limit)
     assert lines[1:3] == ["Training set size : %d" % sizes[0], "Test set size     : %d" % sizes[1]]
@@ -185,14 +181,19 @@ def test_the_defaults_are_the_guides_values():
     assert code == 0
     text = " ".join(" ".join(lines).split())  # argparse wraps the lines
     for option, default in [("--epochs", "10"), ("--batch-size", "10"), ("--lr", "0.001"), ("--momentum", "0.9"),
-                            ("--log-interval", "1000"), ("--output", "my_network.pth"), ("--data-dir", "~/datasets")]:
+                            ("--log-interval", "1000"), ("--output", "my_network.pth"), ("--data-dir", "~/datasets"),
+                            ("--limit", "0")]:
         assert re.search(re.escape(option) + r" \S+ .*?\(default: " + re.escape(default) + r"\)", text), option
+    assert "0: all" in text  # what the --limit default means
+    assert re.search(r"--cuda-graph, --no-cuda-graph .*CUDA graph.*\(default: True\)", text)
+    assert "None" not in text
 
 
 @pytest.mark.parametrize("bad", [
     ["--epochs", "0"], ["--epochs", "ten"], ["--batch-size", "0"], ["--batch-size", "99999999999999999999999"],
-    ["--limit", "-1"], ["--limit", "0"], ["--log-interval", "0"],
-    ["--lr", "0"], ["--lr", "-0.1"], ["--lr", "inf"], ["--lr", "nan"], ["--momentum", "1"], ["--momentum", "-0.5"],
+    ["--limit", "-1"], ["--limit", "1000000001"], ["--log-interval", "0"],
+    ["--lr", "0"], ["--lr", "-0.1"], ["--lr", "inf"], ["--lr", "nan"], ["--lr", "1e-320"], ["--lr", "1e-39"],
+    ["--momentum", "1"], ["--momentum", "-0.5"],
     ["--momentum", "nan"], ["--seed", "-1"], ["--seed", "18446744073709551616"], ["--device", "tpu"],
 ])
 def test_values_that_cannot_work_are_refused_before_anything_else(bad, tmp_path):
@@ -226,200 +227,3 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(cuda, mps, expected, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert step1.pick_device(None, "auto") == torch.device(expected)
-
-
-def refused_output(cifar_dir, output):
-    """Run with a bad --output; return the error line, after checking nothing was read or trained."""
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
-    assert code == 2
-    assert lines == []  # not even the device: refused before reading anything
-    return err.splitlines()[-1]
-
-
-def test_output_in_a_missing_folder_is_refused_before_training(cifar_dir, tmp_path):
-    error = refused_output(cifar_dir, tmp_path / "missing" / "w.pth")
-    assert "cannot write" in error and "No such file or directory" in error
-    assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize("kind", ["folder", "folder/", "new/", "", "fifo", "link to a file", "broken link"])
-def test_output_that_is_not_a_regular_file_is_refused_and_left_alone(cifar_dir, tmp_path, kind):
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "file").write_bytes(b"weights")
-    os.mkfifo(tmp_path / "fifo")  # like /dev/null, not a regular file; creating one needs no privilege
-    os.symlink(tmp_path / "file", tmp_path / "link to a file")
-    os.symlink(tmp_path / "nothing", tmp_path / "broken link")
-    before = {entry.name: entry.stat(follow_symlinks=False).st_mode for entry in os.scandir(tmp_path)}
-    error = refused_output(cifar_dir, os.path.join(str(tmp_path), kind) if kind else "")
-    assert "is not a file name" in error
-    assert {entry.name: entry.stat(follow_symlinks=False).st_mode for entry in os.scandir(tmp_path)} == before
-    assert os.listdir(tmp_path / "folder") == []
-    assert (tmp_path / "file").read_bytes() == b"weights"
-
-
-def refuse_to_open(monkeypatch, refused):
-    """Make open() fail as the operating system does for a path you may not use, for the paths refused()
-    picks: permission bits do not stop root, which the tests may run as."""
-    real_open = open
-
-    def refusing_open(path, *args, **kwargs):
-        if refused(str(path)):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", refusing_open)
-
-
-def test_output_in_an_unwritable_folder_is_refused_before_training(cifar_dir, tmp_path, monkeypatch):
-    refuse_to_open(monkeypatch, lambda path: path.startswith(str(tmp_path)))
-    error = refused_output(cifar_dir, tmp_path / "w.pth")
-    assert "cannot write" in error and "Permission denied" in error
-    assert os.listdir(tmp_path) == []
-
-
-def test_tilde_is_expanded_in_output_and_data_dir(cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    os.symlink(cifar_dir, tmp_path / "datasets")
-    train(cifar_dir, "~/w.pth", "--epochs", "1", "--data-dir", "~/datasets")
-    assert sorted(os.listdir(tmp_path)) == ["datasets", "w.pth"]
-    assert not os.path.exists("~")
-
-
-def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
-    beside = {"my_network.pth.tmp": b"a run of mine", "my_network.tmp": b"notes", "results.tmp": b"results"}
-    for name, content in beside.items():
-        (tmp_path / name).write_bytes(content)
-    train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
-    assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth"])
-    assert all((tmp_path / name).read_bytes() == content for name, content in beside.items())
-
-
-@pytest.mark.parametrize("interruption", [KeyboardInterrupt, pickle.PicklingError])
-def test_a_save_that_fails_midway_keeps_the_earlier_file_and_leaves_nothing(tmp_path, monkeypatch, interruption):
-    output = tmp_path / "my_network.pth"
-    output.write_bytes(b"earlier weights")
-
-    def failing_save(state_dict, file):
-        file.write(b"half of the new weights")
-        raise interruption()
-
-    monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(interruption):
-        step1.save_weights(MyNet().state_dict(), str(output))
-    assert output.read_bytes() == b"earlier weights"
-    assert os.listdir(tmp_path) == ["my_network.pth"]
-
-
-def test_a_loss_that_is_no_longer_a_number_stops_the_run(cifar_dir, tmp_path, skip_md5_check):
-    output = tmp_path / "my_network.pth"
-    output.write_bytes(b"earlier weights")
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                  "--lr", "1e6", "--epochs", "3", "--log-interval", "1"])
-    assert code != 0
-    [error] = err.splitlines()
-    match = re.fullmatch(r"error: the loss became (nan|inf) at epoch 0, mini-batch (\d+): the training diverged\. "
-                         r"Try a smaller --lr than 1000000\.0\. Nothing was saved\.", error)
-    assert match, error
-    # Stopped at that very mini-batch: every earlier one printed a finite loss, and nothing came after.
-    assert [parse(line, LOSS_PATTERN)[1] for line in lines if "mini-batch" in line] == list(range(1, int(match[2])))
-    assert not any("accuracy" in line or "Saved" in line for line in lines)
-    assert output.read_bytes() == b"earlier weights"
-    assert os.listdir(tmp_path) == ["my_network.pth"]
-
-
-def test_sigterm_stops_the_run_like_ctrl_c(cifar_dir, tmp_path):
-    output = tmp_path / "my_network.pth"
-    output.write_bytes(b"earlier weights")
-    run = subprocess.Popen(python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                                          "--epochs", "1000000"),
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in run.stdout:
-        if "training accuracy" in line:  # well into training
-            break
-    run.send_signal(signal.SIGTERM)
-    _, err = run.communicate(timeout=60)
-    assert run.returncode == 1
-    assert err.splitlines() == ["", "interrupted: no weights were saved"]
-    assert output.read_bytes() == b"earlier weights"
-    assert os.listdir(tmp_path) == ["my_network.pth"]
-
-
-def test_missing_data_offline_is_one_clear_line(tmp_path):
-    output = tmp_path / "my_network.pth"
-    output.write_bytes(b"earlier weights")
-    data_dir = tmp_path / "datasets"
-    result = run_python("step1.py", "--data-dir", data_dir, "--output", output, cwd=ROOT, md5=True, env=OFFLINE)
-    assert result.returncode == 1
-    assert result.stdout.startswith("Device") and "Training" not in result.stdout
-    [error] = result.stderr.splitlines()
-    assert error.startswith("error: CIFAR-10 is not in %s and could not be downloaded" % data_dir)
-    assert "cifar-10-python.tar.gz" in error and "cifar-10-batches-py/" in error and "--data-dir" in error
-    assert not data_dir.exists()  # no empty folder left behind
-    assert os.listdir(tmp_path) == ["my_network.pth"]
-    assert output.read_bytes() == b"earlier weights"
-
-
-def folder_contents(folder):
-    return {os.path.relpath(os.path.join(path, name), folder): open(os.path.join(path, name), "rb").read()
-            for path, _, names in os.walk(folder) for name in names}
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Any download fails as it does without a network (faster than a new Python with OFFLINE)."""
-    def refuse(*args, **kwargs):
-        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-
-
-@pytest.mark.parametrize("damage", ["not the original files", "a truncated batch", "a missing batch"])
-def test_damaged_data_offline_is_one_clear_line_and_left_as_it_was(tmp_path, damage, offline):
-    data_dir = write_cifar(tmp_path / "datasets")
-    batch = data_dir / "cifar-10-batches-py" / "data_batch_3"
-    if damage == "a truncated batch":
-        batch.write_bytes(batch.read_bytes()[:1000])
-    elif damage == "a missing batch":
-        batch.unlink()
-    before = folder_contents(data_dir)
-    # torchvision's real md5 check: our files are not the original ones, so they count as damaged.
-    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    assert "Training" not in lines
-    [error] = err.splitlines()
-    assert error.startswith(f"error: CIFAR-10 in {data_dir} is incomplete or damaged and could not be downloaded "
-                            f"again"), error
-    assert "Delete cifar-10-batches-py from it" in error and "cifar-10-python.tar.gz" in error
-    assert folder_contents(data_dir) == before
-    assert sorted(os.listdir(tmp_path)) == ["datasets"]
-
-
-def test_data_dir_naming_the_batches_folder_itself_names_the_folder_to_give(cifar_dir, tmp_path):
-    batches = os.path.join(cifar_dir, "cifar-10-batches-py")
-    code, lines, err = run_step1(["--data-dir", batches + "/", "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    assert err.splitlines() == [f"error: --data-dir {batches}/ is the cifar-10-batches-py folder itself; "
-                                f"give the folder that holds it: --data-dir {cifar_dir}"]
-    assert not os.path.exists(os.path.join(batches, "cifar-10-batches-py"))  # nothing downloaded into it
-    assert os.listdir(tmp_path) == []
-
-
-def test_data_dir_naming_a_file_is_refused(tmp_path):
-    (tmp_path / "cifar.tar.gz").write_bytes(b"not a folder")
-    code, _, err = run_step1(["--data-dir", str(tmp_path / "cifar.tar.gz"), "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    [error] = err.splitlines()
-    assert error.startswith(f"error: --data-dir {tmp_path / 'cifar.tar.gz'} is not a folder; give the folder")
-    assert sorted(os.listdir(tmp_path)) == ["cifar.tar.gz"]
-    assert (tmp_path / "cifar.tar.gz").read_bytes() == b"not a folder"
-
-
-def test_data_that_cannot_be_read_says_so(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
-    batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
-    refuse_to_open(monkeypatch, lambda path: path == batch)
-    code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    assert err.splitlines() == [f"error: cannot access {batch} (Permission denied); "
-                                f"fix its permissions or give another --data-dir"]
-    assert os.path.isfile(batch)

@@ -1,0 +1,189 @@
+"""The training step replayed as a CUDA graph (step1.replayed_as_cuda_graph).
+
+The first tests run anywhere: they stand in for torch.cuda's graph calls on the CPU, to check what the helper
+does with them (warm-up, capture, which steps replay, a capture that fails). The tests marked `gpu` run the real
+thing; they need an NVIDIA GPU and are skipped without one (CI has none): ../shared/bench/gpu_check.sh runs them.
+"""
+import contextlib
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+
+import step1
+from conftest import run_step1, skip_md5, train
+from model import MyNet
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA); gpu_check.sh runs it")
+
+
+class FakeGraphs:
+    """torch.cuda's graph and stream calls, on the CPU. As on a GPU, a capture records the step without running
+    it, and a replay runs what was recorded again, reading whatever the recorded tensors hold by then."""
+
+    def __init__(self, monkeypatch, fail_capture=False):
+        self.capturing, self.captures, self.replays, self.fail_capture = None, 0, 0, fail_capture
+        fakes = self
+
+        class CUDAGraph:
+            def replay(self):
+                fakes.replays += 1
+                self.recorded()
+
+        @contextlib.contextmanager
+        def graph(cuda_graph):
+            fakes.captures += 1
+            if fail_capture:
+                raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might ...")
+            fakes.capturing = cuda_graph
+            yield
+            fakes.capturing = None
+
+        stream = type("Stream", (), {"wait_stream": lambda self, other: None})
+        for name, fake in [("CUDAGraph", CUDAGraph), ("graph", graph), ("Stream", lambda device=None: stream()),
+                           ("stream", lambda s: contextlib.nullcontext()), ("current_stream", lambda d=None: stream())]:
+            monkeypatch.setattr(torch.cuda, name, fake)
+
+    def recording(self, training_step):
+        """training_step, which records itself instead of running while a capture is under way."""
+        def step(batch):
+            if self.capturing:
+                self.capturing.recorded = functools.partial(training_step, batch)
+            else:
+                training_step(batch)
+        return step
+
+
+def training(seed=0):
+    """A model, its running loss and main()'s training step, on 60 small random images."""
+    torch.manual_seed(seed)
+    images, labels = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (60,))
+    model, criterion = MyNet(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, fused=True)
+    running_loss = torch.zeros(())
+
+    def training_step(batch):
+        optimizer.zero_grad(set_to_none=False)
+        loss = criterion(model(step1.to_float(images[batch])), labels[batch])
+        loss.backward()
+        optimizer.step()
+        running_loss.add_(loss.detach())
+
+    return model, running_loss, training_step
+
+
+# Full mini-batches of 10, and some of another size, among the warm-up steps and after the capture.
+BATCH_SIZES = [10, 4, 10, 10, 10, 10, 6, 10, 10, 10]
+
+
+def batches():
+    torch.manual_seed(1)
+    order = torch.randperm(60).repeat(2)
+    starts = [sum(BATCH_SIZES[:i]) for i in range(len(BATCH_SIZES))]
+    return [order[start:start + size] for start, size in zip(starts, BATCH_SIZES)]
+
+
+def test_replays_train_exactly_as_ordinary_steps(monkeypatch):
+    model, running_loss, training_step = training()
+    for batch in batches():
+        training_step(batch)
+
+    fakes = FakeGraphs(monkeypatch)
+    graphed_model, graphed_loss, graphed_step = training()
+    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), 10, "cpu")
+    for batch in batches():
+        step(batch)
+
+    assert fakes.captures == 1
+    assert fakes.replays == BATCH_SIZES.count(10) - 3  # three full steps warm up, every later one replays
+    assert torch.equal(graphed_loss, running_loss)
+    expected = model.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in graphed_model.state_dict().items())
+    assert not torch.equal(expected["fc_layers.5.weight"], training()[0].state_dict()["fc_layers.5.weight"])
+
+
+def test_a_capture_that_fails_is_one_warning_and_every_step_runs_as_usual(monkeypatch, capsys):
+    model, running_loss, training_step = training()
+    for batch in batches():
+        training_step(batch)
+
+    fakes = FakeGraphs(monkeypatch, fail_capture=True)
+    graphed_model, graphed_loss, graphed_step = training()
+    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), 10, "cpu")
+    for batch in batches():
+        step(batch)
+
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: the training step could not be captured as a CUDA graph (operation not permitted when stream is "
+        "capturing); training goes on without it"]
+    assert (fakes.captures, fakes.replays) == (1, 0)  # tried once, not again at every step
+    assert torch.equal(graphed_loss, running_loss)
+    expected = model.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in graphed_model.state_dict().items())
+
+
+def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch):
+    def no_graph(*args):
+        raise AssertionError("a CUDA graph on the CPU")
+
+    monkeypatch.setattr(step1, "replayed_as_cuda_graph", no_graph)
+    lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1")
+    assert lines[0] == "Device            : cpu"
+
+
+# On an NVIDIA GPU
+
+def gpu_run(cifar_dir, output, *extra):
+    """A run on the GPU, on the tiny data set: 120 images in mini-batches of 25, so each epoch ends with a
+    mini-batch of 20, an ordinary step. Returns its lines but the last (it has a time), error output and weights."""
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch.setattr)
+        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cuda",
+                                      "--epochs", "2", "--batch-size", "25", "--log-interval", "2", "--lr", "0.02",
+                                      *extra])
+    assert code == 0, err
+    assert lines[-1].startswith("Saved the weights")
+    return lines[:-1], err, torch.load(output, weights_only=True)
+
+
+@gpu
+def test_a_graphed_run_trains_as_an_eager_one(cifar_dir, tmp_path, monkeypatch):
+    replays = []
+    real_replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda graph: (replays.append(1), real_replay(graph))[1])
+    graphed_lines, err, graphed = gpu_run(cifar_dir, tmp_path / "graphed.pth")
+    assert err == ""
+    assert len(replays) == 2 * 4 - 3  # 4 full mini-batches an epoch; the first 3 of all warm up
+    eager_lines, _, eager = gpu_run(cifar_dir, tmp_path / "eager.pth", "--no-cuda-graph")
+    assert len(replays) == 5  # none more
+    assert graphed_lines[0] == "Device            : cuda"
+    assert graphed_lines == eager_lines
+    for name, tensor in eager.items():  # the same weights, up to float rounding at most
+        torch.testing.assert_close(graphed[name], tensor, msg=name)
+
+
+@gpu
+def test_the_same_seed_gives_the_same_graphed_run(cifar_dir, tmp_path):
+    first_lines, _, first = gpu_run(cifar_dir, tmp_path / "first.pth")
+    again_lines, _, again = gpu_run(cifar_dir, tmp_path / "again.pth")
+    assert first_lines == again_lines
+    assert all(torch.equal(first[name], again[name]) for name in first)
+
+
+@gpu
+def test_a_capture_that_fails_on_the_gpu_is_one_warning_and_trains_as_usual(cifar_dir, tmp_path, monkeypatch):
+    eager_lines, _, eager = gpu_run(cifar_dir, tmp_path / "eager.pth", "--no-cuda-graph")
+
+    @contextlib.contextmanager
+    def refused_capture(graph):  # as an old driver refuses to begin one
+        raise RuntimeError("CUDA error: operation not supported\nCUDA kernel errors might be reported later")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", refused_capture)
+    lines, err, weights = gpu_run(cifar_dir, tmp_path / "fallback.pth")
+    assert err.splitlines() == ["warning: the training step could not be captured as a CUDA graph "
+                                "(CUDA error: operation not supported); training goes on without it"]
+    assert lines == eager_lines
+    for name, tensor in eager.items():
+        torch.testing.assert_close(weights[name], tensor, msg=name)
