@@ -328,34 +328,41 @@ def test_sigterm_stops_the_run_like_ctrl_c(cifar_dir, tmp_path):
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def signalling_after(call, number):
-    """Python statements for run_python's setup: after each call of call (a dotted name), the process sends
-    itself the signal number, as a user's Ctrl-C or a kill could at that very moment."""
+def run_signalled_after(call, args, monkeypatch):
+    """Run step1.py's main(args) here, sending this process SIGTERM right after each call of call (a dotted
+    name), as a kill could come at that very moment; SIGTERM does here what `python step1.py` makes it do."""
     module, name = call.rsplit(".", 1)
-    return (f"import os, {module}; real = {call}; "
-            f"{call} = lambda *a, **k: (real(*a, **k), os.kill(os.getpid(), {int(number)}))[0]")
+    real, returned = getattr(sys.modules[module], name), []
+    monkeypatch.setattr(sys.modules[module], name,
+                        lambda *a, **k: (returned.append(real(*a, **k)), os.kill(os.getpid(), signal.SIGTERM))[0])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("\ninterrupted: no weights were saved"))
+    skip_md5(monkeypatch.setattr)
+    result = run_step1(args)
+    for thing in returned:  # a file that the kill kept from being closed: the process's end would close it
+        getattr(thing, "close", lambda: None)()
+    return result
 
 
-def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path):
+def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    result = run_python("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu", "--epochs", "1",
-                        cwd=ROOT, setup=signalling_after("os.replace", signal.SIGTERM))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert result.stdout.splitlines()[-1].startswith(f"Saved the weights to {output}")
+    code, lines, err = run_signalled_after("os.replace", ["--data-dir", cifar_dir, "--output", str(output),
+                                                          "--device", "cpu", "--epochs", "1"], monkeypatch)
+    assert code == 0, err
+    assert err == ""
+    assert lines[-1].startswith(f"Saved the weights to {output}")
     assert output.read_bytes() != earlier
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path):
+def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    result = run_python("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                        cwd=ROOT, setup=signalling_after("tempfile.TemporaryFile", signal.SIGTERM))
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == ["", "interrupted: no weights were saved"]
-    assert result.stdout == ""
+    code, lines, err = run_signalled_after("tempfile.TemporaryFile", ["--data-dir", cifar_dir, "--output",
+                                                                      str(output), "--device", "cpu"], monkeypatch)
+    assert code == 1
+    assert err.splitlines() == ["", "interrupted: no weights were saved"]
+    assert lines == []
     assert output.read_bytes() == earlier
     assert os.listdir(tmp_path) == ["my_network.pth"]  # no empty file from the check
 
