@@ -123,42 +123,30 @@ def test_an_earlier_file_that_torch_save_did_not_write_is_refused_and_kept(cifar
     assert listing(tmp_path) == before
 
 
-def test_a_write_protected_output_is_refused_and_kept(cifar_dir, tmp_path):
-    output = tmp_path / "my_network.pth"
+@pytest.mark.parametrize("case, why", [
+    ("write-protected", "is write-protected; choose another path, or make it writable (chmod u+w)"),
+    ("immutable", "cannot be written (Operation not permitted); choose another path"),
+    ("another user's, in a shared folder", "is another user's file in a shared folder: only they may replace it"),
+])
+def test_an_earlier_file_that_cannot_be_replaced_is_refused_and_kept(cifar_dir, tmp_path, case, why, immutable,
+                                                                     monkeypatch):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    output = folder / "my_network.pth"
     earlier_weights(output)
-    output.chmod(0o444)
-    before = listing(tmp_path)
+    if case == "write-protected":
+        output.chmod(0o444)
+    elif case == "immutable":
+        immutable(output)
+    else:
+        folder.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
+        output.chmod(0o666)  # writable by all, yet not replaceable by others there
+        # This process owns both: it plays a third user, which the tests may not become for real.
+        monkeypatch.setattr(os, "geteuid", lambda: os.stat(output).st_uid + 1)
+    before = listing(folder)
     error = refused_output(cifar_dir, output)
-    assert error.endswith(f"argument --output: {output} is write-protected; choose another path, "
-                          f"or make it writable (chmod u+w)")
-    assert listing(tmp_path) == before
-
-
-def test_an_output_that_cannot_be_replaced_is_refused_before_training(cifar_dir, tmp_path, immutable):
-    output = tmp_path / "my_network.pth"
-    earlier_weights(output)
-    immutable(output)
-    before = listing(tmp_path)
-    error = refused_output(cifar_dir, output)
-    assert error.endswith(f"argument --output: {output} cannot be written (Operation not permitted); "
-                          f"choose another path")
-    assert listing(tmp_path) == before
-
-
-def test_another_users_file_in_a_shared_folder_is_refused(cifar_dir, tmp_path, monkeypatch):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
-    output = shared / "my_network.pth"
-    earlier_weights(output)
-    output.chmod(0o666)  # writable by all, yet not replaceable by others there
-    # This process owns both: it plays a third user, which the tests may not become for real.
-    monkeypatch.setattr(os, "geteuid", lambda: os.stat(output).st_uid + 1)
-    before = listing(shared)
-    error = refused_output(cifar_dir, output)
-    assert error.endswith(f"argument --output: {output} is another user's file in a shared folder: "
-                          f"only they may replace it")
-    assert listing(shared) == before
+    assert error.endswith(f"argument --output: {output} {why}")
+    assert listing(folder) == before
 
 
 def test_tilde_is_expanded_in_output_and_data_dir(cifar_dir, tmp_path, monkeypatch):
