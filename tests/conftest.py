@@ -125,19 +125,18 @@ def guide_run(cifar_dir, tmp_path_factory):
     return lines, output
 
 
-def python_command(script, *args, md5=False, setup=""):
+def python_command(script, *args, md5=False):
     """The command that runs script as `python script args` would, here with the md5 check skipped
-    unless md5 is true, after the Python statements in setup. The child imports this file, so it finds
-    model.py as a user's script would."""
+    unless md5 is true. The child imports this file, so it finds model.py as a user's script would."""
     code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import conftest; "
-            + ("" if md5 else "conftest.skip_md5(); ") + (setup and setup + "; ")
+            + ("" if md5 else "conftest.skip_md5(); ")
             + "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
     return [sys.executable, "-c", code, os.path.dirname(__file__), script, *map(str, args)]
 
 
-def run_python(script, *args, cwd, md5=False, setup="", env=None, timeout=120):
-    return subprocess.run(python_command(script, *args, md5=md5, setup=setup), cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+def run_python(script, *args, cwd, md5=False, env=None, timeout=120):
+    return subprocess.run(python_command(script, *args, md5=md5), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
 
 
 def readme_snippet(containing):

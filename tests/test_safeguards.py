@@ -2,7 +2,6 @@
 
 CI runs as root. Where root can make a case real (chattr +i, a FIFO, a signal, a folder that vanishes), the tests
 do; where root cannot (permission bits do not stop it), they make the failing call fail as it fails for a user."""
-import contextlib
 import errno
 import os
 import pathlib
