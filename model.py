@@ -7,6 +7,7 @@ either network loads into the other.
 """
 from typing import List
 
+import torch
 import torch.nn as nn
 
 # CIFAR-10's classes, in the order of the labels (and of torchvision's CIFAR10(...).classes):
@@ -43,6 +44,19 @@ def shape_advice(shape: List[int]) -> str:
     return "a batch of N colour images of 32 x 32 pixels, channels first"
 
 
+def dtype_advice(x: torch.Tensor, expected: torch.dtype) -> str:
+    """What to do about pixels of the wrong type, for the types that beginners' data comes in."""
+    if x.dtype == torch.bool:
+        return "true and false are not pixels: images.float() makes them 1 and 0"
+    if x.is_complex():
+        return "pixels are real numbers: keep images.real, or take images.abs()"
+    if not x.is_floating_point():
+        return "convert integer pixels (0 to 255) as transforms.ToTensor() does: images.float() / 255"
+    if expected == torch.float32:
+        return "images.float() converts them (NumPy's arrays are float64: torch.from_numpy(array).float())"
+    return "images.to(next(model.parameters()).dtype) converts them to the weights' type"
+
+
 class MyNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -68,9 +82,10 @@ class MyNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
             raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)}: "
                              + shape_advice(list(x.shape)))
-        if not x.is_floating_point():
-            raise TypeError("MyNet expects float pixels between 0 and 1, not integers such as uint8; "
-                            "convert them as transforms.ToTensor() does: images.float() / 255")
+        expected = self.conv_layers[0].weight.dtype
+        if x.dtype != expected:
+            raise TypeError(f"MyNet expects pixels as {expected} between 0 and 1, like its weights, got {x.dtype}: "
+                            + dtype_advice(x, expected))
         x = self.conv_layers(x)
         x = x.flatten(start_dim=1)
         return self.fc_layers(x)

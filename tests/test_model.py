@@ -3,6 +3,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -122,11 +123,29 @@ def test_following_the_advice_gives_an_input_that_works(shape):
     assert MyNet().eval()(fixed).shape == (1, 10)
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
-def test_integer_pixels_are_a_clear_error(dtype):
+@pytest.mark.parametrize("dtype, advice", [
+    (torch.uint8, "convert integer pixels (0 to 255) as transforms.ToTensor() does: images.float() / 255"),
+    (torch.int64, "convert integer pixels (0 to 255) as transforms.ToTensor() does: images.float() / 255"),
+    (torch.float64, "images.float() converts them (NumPy's arrays are float64: torch.from_numpy(array).float())"),
+    (torch.float16, "images.float() converts them"),
+    (torch.bool, "true and false are not pixels: images.float() makes them 1 and 0"),
+    (torch.complex64, "pixels are real numbers: keep images.real, or take images.abs()"),
+])
+def test_pixels_of_another_type_are_a_clear_error_with_the_advice_that_fits(dtype, advice):
     with pytest.raises(TypeError) as error:
         MyNet()(torch.zeros(2, 3, 32, 32, dtype=dtype))
-    assert "float" in str(error.value) and "ToTensor()" in str(error.value) and ".float() / 255" in str(error.value)
+    message = str(error.value)
+    assert message.startswith(f"MyNet expects pixels as torch.float32 between 0 and 1, like its weights, got {dtype}: ")
+    assert advice in message
+
+
+def test_the_advice_for_float64_pixels_works():
+    images = torch.from_numpy(np.random.default_rng(0).random((2, 3, 32, 32)))  # NumPy's float64
+    assert images.dtype == torch.float64
+    model = MyNet().eval()
+    with torch.no_grad():
+        assert torch.equal(model(images.float()), model(images.to(torch.float32)))
+    assert model.double()(images).dtype == torch.float64  # a float64 network takes float64 pixels
 
 
 def test_torchscript_keeps_the_outputs_and_the_checks():
@@ -139,8 +158,10 @@ def test_torchscript_keeps_the_outputs_and_the_checks():
         assert torch.equal(scripted(images), model(images))
     with pytest.raises(Exception, match=re.escape("got [3, 32, 32]")):
         scripted(torch.rand(3, 32, 32))
-    with pytest.raises(Exception, match="not integers"):
+    with pytest.raises(Exception, match=re.escape("as transforms.ToTensor() does: images.float() / 255")):
         scripted(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(Exception, match=re.escape("torch.from_numpy(array).float()")):
+        scripted(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
 
 
 def test_torch_export_with_a_dynamic_batch_size():
