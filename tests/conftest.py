@@ -1,7 +1,8 @@
 """Shared test helpers: a tiny CIFAR-10 folder in torchvision's layout, the md5 bypass it needs,
 ways to run step1.py (in this process, or as `python step1.py` would) and the README's snippets,
-and an earlier weights file for step1.py to keep or replace."""
+an earlier weights file for step1.py to keep or replace, and root's powers set aside."""
 import contextlib
+import ctypes
 import io
 import os
 import pickle
@@ -149,3 +150,40 @@ def readme_snippet(containing):
 
 # With no way out: a download fails at once, wherever the tests run.
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+
+
+AS_ROOT = os.geteuid() == 0
+
+
+class CapabilityHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapabilitySets(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextlib.contextmanager
+def as_a_user():
+    """Within: if the tests run as root (CI does), this thread sets aside the powers that let root ignore permission
+    bits, ownership and sticky folders (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER), so that the
+    system refuses it what it refuses a user: for real. A user's process never has them."""
+    if not AS_ROOT:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, sets = CapabilityHeader(0x20080522, 0), (CapabilitySets * 2)()  # _LINUX_CAPABILITY_VERSION_3
+
+    def call(function):
+        if function(ctypes.byref(header), sets) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+    call(libc.capget)
+    powers = sets[0].effective
+    sets[0].effective &= ~0b1111  # capabilities 0 to 3
+    call(libc.capset)
+    try:
+        yield
+    finally:
+        sets[0].effective = powers
+        call(libc.capset)

@@ -20,11 +20,19 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA 
 
 class FakeGraphs:
     """torch.cuda's graph and stream calls, on the CPU. As on a GPU, a capture records the step without running
-    it, and a replay runs what was recorded again, reading whatever the recorded tensors hold by then."""
+    it, and a replay runs what was recorded again, reading whatever the recorded tensors hold by then. fail makes
+    the capture fail: "at its start" or "midway" (where torch leaves its capture stream current), with a message,
+    or "with no message"."""
 
-    def __init__(self, monkeypatch, fail_capture=False):
-        self.capturing, self.captures, self.replays, self.fail_capture = None, 0, 0, fail_capture
+    def __init__(self, monkeypatch, fail=None):
+        self.capturing, self.captures, self.replays, self.fail = None, 0, 0, fail
         fakes = self
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        self.default_stream = self.current = Stream()
 
         class CUDAGraph:
             def replay(self):
@@ -34,20 +42,31 @@ class FakeGraphs:
         @contextlib.contextmanager
         def graph(cuda_graph):
             fakes.captures += 1
-            if fail_capture:
+            if fail == "at its start":
                 raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might ...")
-            fakes.capturing = cuda_graph
-            yield
-            fakes.capturing = None
+            if fail == "with no message":
+                raise RuntimeError("")
+            fakes.capturing, fakes.current = cuda_graph, Stream()  # the capture's own stream
+            try:
+                yield
+            except Exception:  # as torch's capture_end, which then fails too, before it makes the stream current again
+                fakes.capturing = None
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+            fakes.capturing, fakes.current = None, fakes.default_stream
 
-        stream = type("Stream", (), {"wait_stream": lambda self, other: None})
-        for name, fake in [("CUDAGraph", CUDAGraph), ("graph", graph), ("Stream", lambda device=None: stream()),
-                           ("stream", lambda s: contextlib.nullcontext()), ("current_stream", lambda d=None: stream())]:
+        def set_stream(stream):
+            fakes.current = stream
+
+        for name, fake in [("CUDAGraph", CUDAGraph), ("graph", graph), ("Stream", lambda device=None: Stream()),
+                           ("stream", lambda s: contextlib.nullcontext()), ("set_stream", set_stream),
+                           ("current_stream", lambda device=None: fakes.current)]:
             monkeypatch.setattr(torch.cuda, name, fake)
 
     def recording(self, training_step):
         """training_step, which records itself instead of running while a capture is under way."""
         def step(batch):
+            if self.capturing and self.fail == "midway":
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
             if self.capturing:
                 self.capturing.recorded = functools.partial(training_step, batch)
             else:
@@ -91,7 +110,7 @@ def test_replays_train_exactly_as_ordinary_steps(monkeypatch):
 
     fakes = FakeGraphs(monkeypatch)
     graphed_model, graphed_loss, graphed_step = training()
-    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), 10, "cpu")
+    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
     for batch in batches():
         step(batch)
 
@@ -103,24 +122,39 @@ def test_replays_train_exactly_as_ordinary_steps(monkeypatch):
     assert not torch.equal(expected["fc_layers.5.weight"], training()[0].state_dict()["fc_layers.5.weight"])
 
 
-def test_a_capture_that_fails_is_one_warning_and_every_step_runs_as_usual(monkeypatch, capsys):
+@pytest.mark.parametrize("fail, reason", [
+    ("at its start", "operation not permitted when stream is capturing"),
+    ("midway", "CUDA error: operation failed due to a previous error during capture"),
+    ("with no message", "RuntimeError"),
+])
+def test_a_capture_that_fails_is_one_warning_and_every_step_runs_as_usual(monkeypatch, capsys, fail, reason):
     model, running_loss, training_step = training()
     for batch in batches():
         training_step(batch)
 
-    fakes = FakeGraphs(monkeypatch, fail_capture=True)
+    fakes = FakeGraphs(monkeypatch, fail=fail)
     graphed_model, graphed_loss, graphed_step = training()
-    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), 10, "cpu")
+    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
     for batch in batches():
         step(batch)
 
     assert capsys.readouterr().err.splitlines() == [
-        "warning: the training step could not be captured as a CUDA graph (operation not permitted when stream is "
-        "capturing); training goes on without it"]
+        f"warning: the training step could not be captured as a CUDA graph ({reason}); training goes on without it"]
     assert (fakes.captures, fakes.replays) == (1, 0)  # tried once, not again at every step
+    assert fakes.current is fakes.default_stream  # the later steps run where they ran before
     assert torch.equal(graphed_loss, running_loss)
     expected = model.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in graphed_model.state_dict().items())
+
+
+def test_the_full_size_is_the_first_mini_batch_s_not_the_option_s(monkeypatch):
+    """--batch-size larger than the data: one mini-batch an epoch, all the images; no memory for the rest."""
+    fakes = FakeGraphs(monkeypatch)
+    model, running_loss, training_step = training()
+    step = step1.replayed_as_cuda_graph(fakes.recording(training_step), "cpu")
+    for _ in range(5):
+        step(torch.randperm(60))
+    assert (fakes.captures, fakes.replays) == (1, 2)  # warm-up on the first three, replays of 60 images after
 
 
 def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch):
@@ -187,3 +221,45 @@ def test_a_capture_that_fails_on_the_gpu_is_one_warning_and_trains_as_usual(cifa
     assert lines == eager_lines
     for name, tensor in eager.items():
         torch.testing.assert_close(weights[name], tensor, msg=name)
+
+
+@gpu
+def test_a_capture_that_fails_midway_on_the_gpu_trains_as_usual(cifar_dir, tmp_path, monkeypatch):
+    eager_lines, _, eager = gpu_run(cifar_dir, tmp_path / "eager.pth", "--no-cuda-graph")
+    real_to_float = step1.to_float
+
+    def syncing_to_float(images):  # waiting for the GPU is not allowed while a capture is under way
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()
+        return real_to_float(images)
+
+    monkeypatch.setattr(step1, "to_float", syncing_to_float)
+    lines, err, weights = gpu_run(cifar_dir, tmp_path / "fallback.pth")
+    [warning] = err.splitlines()
+    assert warning.startswith("warning: the training step could not be captured as a CUDA graph (")
+    assert warning.endswith("); training goes on without it")
+    assert lines == eager_lines
+    for name, tensor in eager.items():
+        torch.testing.assert_close(weights[name], tensor, msg=name)
+
+
+@gpu
+def test_a_capture_error_without_a_message_is_named_by_its_type(cifar_dir, tmp_path, monkeypatch):
+    @contextlib.contextmanager
+    def refused_capture(graph):
+        raise RuntimeError("")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", refused_capture)
+    _, err, _ = gpu_run(cifar_dir, tmp_path / "w.pth")
+    assert err.splitlines() == ["warning: the training step could not be captured as a CUDA graph (RuntimeError); "
+                                "training goes on without it"]
+
+
+@gpu
+def test_a_batch_size_larger_than_the_data_takes_no_memory_for_it(cifar_dir, tmp_path):
+    torch.cuda.reset_peak_memory_stats()
+    lines, err, _ = gpu_run(cifar_dir, tmp_path / "w.pth", "--batch-size", "1000000000")  # 8 GB of positions before
+    assert err == ""
+    assert sum("mini-batch :    1," in line for line in lines) == 2  # one mini-batch of all 120 images an epoch
+    assert torch.cuda.max_memory_allocated() < 2**28

@@ -1,30 +1,36 @@
-"""step1.py's safeguards: what it refuses before training, how it saves, how it stops, and what it says about data.
+"""step1.py's three promises: nothing trained is lost, nothing of yours is destroyed, and every failure gets one line
+with the right cause and the next step. Plus what it refuses before training.
 
-CI runs as root. Where root can make a case real (chattr +i, a FIFO, a signal, a folder that vanishes), the tests
-do; where root cannot (permission bits do not stop it), they make the failing call fail as it fails for a user."""
+CI runs as root. The tests make each case real wherever root can: a small tmpfs for a full disk, chown, chattr, a
+vanishing folder, real signals, and root's powers set aside (conftest.as_a_user) for what permissions refuse a user.
+They simulate a failure only where that cannot be done, as on a machine where they do not run as root."""
+import contextlib
 import errno
 import os
 import pathlib
 import re
-import signal
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tarfile
+import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 
 import pytest
 import torch
+import torchvision.datasets.cifar as cifar
+import torchvision.datasets.utils
 
 import step1
-from conftest import (OFFLINE, ROOT, earlier_weights, python_command, run_python, run_step1, skip_md5, train,
-                      write_cifar)
+from conftest import (AS_ROOT, OFFLINE, ROOT, as_a_user, earlier_weights, python_command, run_python, run_step1,
+                      skip_md5, train, write_cifar)
 from model import MyNet
 from test_step1 import LOSS_PATTERN, parse
-
-AS_ROOT = os.geteuid() == 0
 
 
 def refused_output(cifar_dir, output):
@@ -36,38 +42,89 @@ def refused_output(cifar_dir, output):
 
 
 def listing(folder):
-    """Each entry of folder, with its type and permission bits, and a regular file's bytes."""
-    return {entry.name: (entry.stat(follow_symlinks=False).st_mode,
+    """Each entry of folder, with its type, permission bits and owner, and a regular file's bytes."""
+    return {entry.name: (entry.stat(follow_symlinks=False).st_mode, entry.stat(follow_symlinks=False).st_uid,
                          entry.is_file(follow_symlinks=False) and pathlib.Path(entry.path).read_bytes())
             for entry in os.scandir(folder)}
 
 
+def same_weights(path, expected):
+    """path holds exactly the weights of the state_dict expected."""
+    saved = torch.load(path, weights_only=True)
+    return list(saved) == list(expected) and all(torch.equal(saved[name], expected[name]) for name in expected)
+
+
+@contextlib.contextmanager
+def chattr(flag, path):
+    """chattr +flag on path (i: immutable, a: append-only), taken off again after; root only."""
+    subprocess.run(["chattr", f"+{flag}", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", f"-{flag}", str(path)], check=True)
+
+
 @pytest.fixture
-def immutable():
-    """make(path): path can no longer be changed, replaced, or (a folder) written into, not even by root. For real
-    with chattr +i where the tests run as root; else by the means a user has: no write permission for a folder, and
-    for a file, opening it for writing and renaming onto it fail as they fail for an immutable file."""
-    made = []
-    with pytest.MonkeyPatch.context() as patch:
-        def make(path):
-            path = str(path)
-            if AS_ROOT and subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0:
-                made.append(path)
-            elif os.path.isdir(path):
-                os.chmod(path, 0o555)
-            else:
-                def refusing(real, check):
-                    def call(*args, **kwargs):
-                        if check(*args):
-                            raise PermissionError(errno.EPERM, "Operation not permitted", path)
-                        return real(*args, **kwargs)
-                    return call
-                patch.setattr("builtins.open", refusing(open, lambda name, mode="r", *_: str(name) == path
-                                                        and mode != "rb"))
-                patch.setattr(os, "replace", refusing(os.replace, lambda source, target: str(target) == path))
-        yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", path], check=True)
+def small_disk(tmp_path, monkeypatch):
+    """small_disk(kib): a folder on a disk of that many KiB. A real tmpfs where the tests run as root; elsewhere,
+    writing more than that in the folder fails as it does on a full disk."""
+    mounted = []
+
+    def make(kib):
+        disk = tmp_path / "disk"
+        disk.mkdir()
+        if AS_ROOT:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(disk)], check=True)
+            mounted.append(disk)
+        else:
+            simulate_a_full_disk(monkeypatch, disk, kib * 1024)
+        return disk
+
+    yield make
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def simulate_a_full_disk(monkeypatch, disk, size):
+    """Writing files in disk fails with ENOSPC once they hold size bytes in all (checked at the first write of a
+    file, since the simulation starts empty)."""
+    written = [0]
+    real_open = open
+
+    class Limited:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            written[0] += len(data)
+            if written[0] > size:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            self.file.close()
+
+    def limited_open(name, mode="r", *args, **kwargs):
+        file = real_open(name, mode, *args, **kwargs)
+        return Limited(file) if str(name).startswith(str(disk)) and mode in ("wb", "xb") else file
+
+    monkeypatch.setattr("builtins.open", limited_open)
+    monkeypatch.setattr(tarfile, "bltn_open", limited_open)
+
+
+@pytest.fixture
+def temporary_folder(tmp_path, monkeypatch):
+    """The system's temporary folder, as step1.py finds it: a folder of this test's."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
 
 
 # Before training: an --output that cannot, or must not, be replaced
@@ -75,11 +132,11 @@ def immutable():
 def test_output_in_a_missing_folder_is_refused_before_training(cifar_dir, tmp_path):
     error = refused_output(cifar_dir, tmp_path / "missing" / "w.pth")
     assert error.endswith(f"argument --output: {tmp_path / 'missing' / 'w.pth'} cannot be written "
-                          f"(No such file or directory); choose another path")
+                          f"(No such file or directory: check that the folder is there); choose another path")
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["folder", "folder/", "new/", "", "fifo", "link to a file", "broken link"])
+@pytest.mark.parametrize("kind", ["folder", "folder/", "new/", "fifo", "link to a file", "broken link"])
 def test_output_that_is_not_a_regular_file_is_refused_and_left_alone(cifar_dir, tmp_path, kind):
     (tmp_path / "folder").mkdir()
     earlier_weights(tmp_path / "file")
@@ -87,82 +144,157 @@ def test_output_that_is_not_a_regular_file_is_refused_and_left_alone(cifar_dir, 
     os.symlink(tmp_path / "file", tmp_path / "link to a file")
     os.symlink(tmp_path / "nothing", tmp_path / "broken link")
     before = listing(tmp_path)
-    error = refused_output(cifar_dir, os.path.join(str(tmp_path), kind) if kind else "")
+    error = refused_output(cifar_dir, os.path.join(str(tmp_path), kind))
     assert "is not a file name (but a folder, a link or a device)" in error
     assert listing(tmp_path) == before
     assert os.listdir(tmp_path / "folder") == []
 
 
-def test_output_in_a_folder_that_cannot_be_written_is_refused_before_training(cifar_dir, tmp_path, immutable):
+@pytest.mark.parametrize("option", ["--output", "--data-dir"])
+def test_an_empty_path_is_refused_like_any_bad_option(option, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, lines, err = run_step1([option, ""])
+    assert code == 2
+    assert lines == []
+    assert err.splitlines()[-1].endswith(f"error: argument {option}: must not be empty")
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_in_a_folder_that_cannot_be_written_is_refused_before_training(cifar_dir, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
-    immutable(folder)
-    error = refused_output(cifar_dir, folder / "w.pth")
-    assert re.search(r"cannot be written \((Operation not permitted|Permission denied)\); choose another path", error)
+    folder.chmod(0o555)
+    with as_a_user():
+        error = refused_output(cifar_dir, folder / "w.pth")
+    assert error.endswith("cannot be written (Permission denied: fix the permissions); choose another path")
     assert os.listdir(folder) == []
 
 
-@pytest.mark.parametrize("kind", ["code", "a data batch", "another zip file", "an empty file"])
-def test_an_earlier_file_that_torch_save_did_not_write_is_refused_and_kept(cifar_dir, tmp_path, kind):
-    output = tmp_path / {"code": "model.py", "a data batch": "data_batch_1", "another zip file": "photos.zip",
-                         "an empty file": "w.pth"}[kind]
+def test_a_name_too_long_is_refused_before_training_and_one_that_fits_is_saved(cifar_dir, tmp_path):
+    too_long = tmp_path / ("w" * 252 + ".pth")  # 256 characters: more than a file name may have
+    error = refused_output(cifar_dir, too_long)
+    assert error.endswith(f"argument --output: {too_long} cannot be written (File name too long: use a shorter "
+                          f"name); choose another path")
+    longest = tmp_path / ("w" * 251 + ".pth")  # 255: the longest; too long for a temporary name made from it
+    train(cifar_dir, longest, "--epochs", "1")
+    assert list(torch.load(longest, weights_only=True)) == list(MyNet().state_dict())
+    assert os.listdir(tmp_path) == [longest.name]
+
+
+def test_output_with_a_folder_that_cannot_be_entered_is_refused_with_the_systems_reason(cifar_dir, tmp_path):
+    folder = tmp_path / "private"
+    folder.mkdir()
+    earlier = earlier_weights(folder / "w.pth")
+    folder.chmod(0o600)  # readable, but not to be entered (no x)
+    with as_a_user():
+        error = refused_output(cifar_dir, folder / "w.pth")
+    folder.chmod(0o755)
+    assert error.endswith("cannot be written (Permission denied: fix the permissions); choose another path")
+    assert (folder / "w.pth").read_bytes() == earlier
+
+
+# Promise 2: nothing of yours is destroyed. An earlier --output is replaced only if it holds weights.
+
+def earlier_file(kind, path, cifar_dir):
+    """Write an earlier file of the given kind to path."""
+    model = MyNet()
     if kind == "code":
-        shutil.copy(os.path.join(ROOT, "model.py"), output)
+        shutil.copy(os.path.join(ROOT, "model.py"), path)
     elif kind == "a data batch":
-        shutil.copy(os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1"), output)
-    elif kind == "another zip file":
-        with zipfile.ZipFile(output, "w") as archive:
-            archive.writestr("holiday/data.txt", "not weights")
-    else:
-        output.touch()
+        shutil.copy(os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1"), path)
+    elif kind == "a zip file with an entry named data.pkl":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("holiday/data.pkl", "not weights")
+    elif kind == "an empty file":
+        path.touch()
+    elif kind == "a TorchScript model":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # that tracing turns MyNet's input checks into constants
+            torch.jit.save(torch.jit.trace(model.eval(), torch.rand(1, 3, 32, 32)), path)
+    elif kind == "a checkpoint":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3}, path)
+    elif kind == "a saved data set":
+        torch.save(torch.utils.data.TensorDataset(torch.zeros(4, 3, 32, 32), torch.zeros(4)), path)
+    elif kind == "a list of tensors":
+        torch.save([torch.zeros(3)], path)
+    else:  # damaged weights: the first half of a file that torch.save wrote
+        torch.save(model.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:50000])
+
+
+UNREADABLE = ("no weights that torch.load can read (a damaged file, or another kind: a whole model, a TorchScript "
+              "model, a data set...)")
+
+
+@pytest.mark.parametrize("kind, holds", [
+    ("code", UNREADABLE),
+    ("a data batch", UNREADABLE),
+    ("a zip file with an entry named data.pkl", UNREADABLE),
+    ("an empty file", UNREADABLE),
+    ("a TorchScript model", UNREADABLE),
+    ("a saved data set", UNREADABLE),
+    ("damaged weights", UNREADABLE),
+    ("a checkpoint", "more than weights ('model', 'optimizer', 'epoch')"),
+    ("a list of tensors", "a list, not weights"),
+])
+def test_an_earlier_file_that_holds_no_weights_is_refused_and_kept(cifar_dir, tmp_path, kind, holds):
+    output = tmp_path / "w.pth"
+    earlier_file(kind, output, cifar_dir)
     before = listing(tmp_path)
     error = refused_output(cifar_dir, output)
-    assert error.endswith(f"argument --output: {output} holds no weights saved by torch.save; "
-                          f"choose another path, to keep it")
+    assert error.endswith(f"argument --output: {output} holds {holds}; choose another path, to keep it")
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("format", ["zip (PyTorch 1.6 and later)", "legacy (before PyTorch 1.6)"])
+def test_earlier_weights_in_either_format_are_replaced(cifar_dir, tmp_path, format):
+    output = tmp_path / "my_network.pth"
+    torch.save(MyNet().state_dict(), output, _use_new_zipfile_serialization=format.startswith("zip"))
+    earlier = output.read_bytes()
+    train(cifar_dir, output, "--epochs", "1")
+    assert output.read_bytes() != earlier
+    assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+    assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
 @pytest.mark.parametrize("case, why", [
     ("write-protected", "is write-protected; choose another path, or make it writable (chmod u+w)"),
-    ("immutable", "cannot be written (Operation not permitted); choose another path"),
-    ("another user's, in a shared folder", "is another user's file in a shared folder: only they may replace it"),
+    ("immutable", "cannot be written (Operation not permitted: fix the permissions); choose another path"),
+    ("append-only", "cannot be written (Operation not permitted: fix the permissions); choose another path"),
+    ("another user's, in a shared folder",
+     "cannot be written (Operation not permitted: fix the permissions); choose another path"),
 ])
-def test_an_earlier_file_that_cannot_be_replaced_is_refused_and_kept(cifar_dir, tmp_path, case, why, immutable,
-                                                                     monkeypatch):
+def test_an_earlier_file_that_cannot_be_replaced_is_refused_and_kept(cifar_dir, tmp_path, case, why, monkeypatch):
     folder = tmp_path / "runs"
     folder.mkdir()
     output = folder / "my_network.pth"
     earlier_weights(output)
-    if case == "write-protected":
-        output.chmod(0o444)
-    elif case == "immutable":
-        immutable(output)
-    else:
-        folder.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
-        output.chmod(0o666)  # writable by all, yet not replaceable by others there
-        # This process owns both: it plays a third user, which the tests may not become for real.
-        monkeypatch.setattr(os, "geteuid", lambda: os.stat(output).st_uid + 1)
-    before = listing(folder)
-    error = refused_output(cifar_dir, output)
-    assert error.endswith(f"argument --output: {output} {why}")
-    assert listing(folder) == before
-
-
-def test_tilde_is_expanded_in_output_and_data_dir(cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    os.symlink(cifar_dir, tmp_path / "datasets")
-    train(cifar_dir, "~/w.pth", "--epochs", "1", "--data-dir", "~/datasets")
-    assert sorted(os.listdir(tmp_path)) == ["datasets", "w.pth"]
-    assert not os.path.exists("~")
-
-
-def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
-    beside = {"my_network.pth.tmp": b"a run of mine", "my_network.tmp": b"notes", "results.tmp": b"results"}
-    for name, content in beside.items():
-        (tmp_path / name).write_bytes(content)
-    train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
-    assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth"])
-    assert all((tmp_path / name).read_bytes() == content for name, content in beside.items())
+    with contextlib.ExitStack() as stack:
+        if case == "write-protected":
+            output.chmod(0o444)
+        elif case in ("immutable", "append-only") and AS_ROOT:
+            stack.enter_context(chattr(case[0], output))
+        elif case in ("immutable", "append-only"):  # a user cannot chattr: opening it for writing fails as it would
+            real_open = open
+            monkeypatch.setattr("builtins.open", lambda name, mode="r", *args, **kwargs: (
+                (_ for _ in ()).throw(PermissionError(errno.EPERM, "Operation not permitted", str(name)))
+                if str(name) == str(output) and mode == "r+b" else real_open(name, mode, *args, **kwargs)))
+        else:
+            folder.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
+            output.chmod(0o666)  # writable by all, yet not to be replaced by others there
+            if AS_ROOT:
+                os.chown(output, 65534, 65534)  # nobody's file, for real
+                stack.enter_context(as_a_user())
+            else:  # a user cannot give a file away: it looks like another user's, and taking it on fails as it would
+                real_lstat = os.lstat
+                monkeypatch.setattr(os, "lstat", lambda path, *args, **kwargs: (
+                    os.stat_result((*real_lstat(path)[:4], os.getuid() + 1, *real_lstat(path)[5:]))
+                    if str(path) == str(output) else real_lstat(path, *args, **kwargs)))
+        before = listing(folder)
+        error = refused_output(cifar_dir, output)
+        assert error.endswith(f"argument --output: {output} {why}")
+        assert listing(folder) == before
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
@@ -177,6 +309,18 @@ def test_a_replaced_file_keeps_its_permission_bits(cifar_dir, tmp_path, mode):
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
+def test_root_replacing_a_users_file_keeps_its_owner_and_group(cifar_dir, tmp_path):
+    output = tmp_path / "my_network.pth"
+    earlier_weights(output)
+    output.chmod(0o600)
+    owner = (65534, 65534) if AS_ROOT else (os.getuid(), os.getgid())  # as sudo, or Docker on a mounted folder
+    os.chown(output, *owner)
+    train(cifar_dir, output, "--epochs", "1")
+    saved = os.stat(output)
+    assert (saved.st_uid, saved.st_gid, stat.S_IMODE(saved.st_mode)) == (*owner, 0o600)
+    assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+
+
 def test_a_new_file_gets_the_usual_permission_bits(cifar_dir, tmp_path):
     umask = os.umask(0o027)
     try:
@@ -186,9 +330,26 @@ def test_a_new_file_gets_the_usual_permission_bits(cifar_dir, tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "my_network.pth").st_mode) == 0o640  # 0o666 less the umask
 
 
-# At the save, after training: one line that says what happened, and nothing lost that can be kept
+def test_tilde_is_expanded_in_output_and_data_dir(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    os.symlink(cifar_dir, tmp_path / "datasets")
+    train(cifar_dir, "~/w.pth", "--epochs", "1", "--data-dir", "~/datasets")
+    assert sorted(os.listdir(tmp_path)) == ["datasets", "w.pth"]
+    assert not os.path.exists("~")
 
-def run_until_the_save(cifar_dir, output, before_the_save):
+
+def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
+    beside = {"my_network.pth.tmp": b"a run of mine", "step1-0123abcd.tmp": b"notes", "results.tmp": b"results"}
+    for name, content in beside.items():
+        (tmp_path / name).write_bytes(content)
+    train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
+    assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth"])
+    assert all((tmp_path / name).read_bytes() == content for name, content in beside.items())
+
+
+# Promise 1: nothing trained is lost. From the last update on, the weights end up in a file.
+
+def run_until_the_save(cifar_dir, output, before_the_save, *extra):
     """A one-epoch run that calls before_the_save() as training ends; return its exit code, lines and error."""
     real_accuracy, calls = step1.accuracy, []
 
@@ -201,65 +362,76 @@ def run_until_the_save(cifar_dir, output, before_the_save):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(step1, "accuracy", accuracy)
         skip_md5(patch.setattr)
-        return run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+        return run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1", *extra])
 
 
-def test_a_full_disk_at_the_save_is_one_line_and_keeps_the_earlier_file(cifar_dir, tmp_path, monkeypatch):
-    output = tmp_path / "my_network.pth"
+@pytest.fixture(scope="module")
+def one_epoch_weights(cifar_dir, tmp_path_factory):
+    """The weights of a one-epoch run with the default seed: what a run that could not save them must keep."""
+    output = tmp_path_factory.mktemp("reference") / "my_network.pth"
+    train(cifar_dir, output, "--epochs", "1")
+    return torch.load(output, weights_only=True)
+
+
+def kept_instead(err, output, reason, temporary_folder):
+    """The one error line of a save that failed: it names the reason and the file that holds the weights instead."""
+    [error] = err.splitlines()
+    match = re.fullmatch(rf"error: could not save the weights to {re.escape(str(output))} \({re.escape(reason)}\); "
+                         rf"they are in ({re.escape(str(temporary_folder))}/my_network-\w+\.pth) instead", error)
+    assert match, error
+    return match[1]
+
+
+@pytest.mark.parametrize("cause", ["a full disk", "the folder removed", "the folder made read-only",
+                                   "the folder made append-only", "the output made immutable"])
+def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, tmp_path, small_disk, cause,
+                                                                      temporary_folder, one_epoch_weights, monkeypatch):
+    folder = small_disk(64) if cause == "a full disk" else tmp_path / "run"  # 64 KiB: too small for 400 KB
+    folder.mkdir(exist_ok=True)
+    output = folder / "my_network.pth"
     earlier = earlier_weights(output)
+    reason = {"a full disk": "No space left on device: free some space",
+              "the folder removed": "No such file or directory: check that the folder is there",
+              "the folder made read-only": "Permission denied: fix the permissions"}.get(
+        cause, "Operation not permitted: fix the permissions")
+    with contextlib.ExitStack() as stack:
+        def before_the_save():
+            if cause == "the folder removed":
+                shutil.rmtree(folder)
+            elif cause == "the folder made read-only":
+                folder.chmod(0o555)
+                stack.enter_context(as_a_user())
+            elif cause != "a full disk" and AS_ROOT:
+                stack.enter_context(chattr("a" if "append" in cause else "i", folder if "folder" in cause else output))
+            elif cause != "a full disk":  # a user cannot chattr: the rename fails as it would
+                monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(
+                    PermissionError(errno.EPERM, "Operation not permitted")))
 
-    class FullDisk:  # the file that open() gives on a full disk: created, but every write fails
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exception):
-            self.file.close()
-
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda name, mode="r", *args, **kwargs: (
-        FullDisk(real_open(name, mode, *args, **kwargs)) if mode == "xb" else real_open(name, mode, *args, **kwargs)))
-    code, lines, err = run_until_the_save(cifar_dir, output, lambda: None)
+        code, lines, err = run_until_the_save(cifar_dir, output, before_the_save)
     assert code == 1
-    assert err.splitlines() == [f"error: could not save the weights to {output} (No space left on device); "
-                                f"check that its folder is still there and has free space, then run again"]
     assert not any(line.startswith("Saved") for line in lines)
-    assert output.read_bytes() == earlier
-    assert os.listdir(tmp_path) == ["my_network.pth"]  # the half-written file is gone
+    kept = kept_instead(err, output, reason, temporary_folder)
+    assert same_weights(kept, one_epoch_weights)  # the trained weights, complete
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600  # private, in a folder that others may read
+    if cause != "the folder removed":
+        assert output.read_bytes() == earlier
+        left = sorted(os.listdir(folder))
+        if "append-only" in cause:  # a complete new file, which nobody but root may rename or remove there
+            assert left[0] == "my_network.pth" and re.fullmatch(r"step1-[0-9a-f]{8}\.tmp", left[1]), left
+            assert same_weights(folder / left[1], one_epoch_weights)
+        else:
+            assert left == ["my_network.pth"]
 
 
-def test_an_output_folder_removed_during_training_is_one_line(cifar_dir, tmp_path):
+def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_path, temporary_folder):
     output = tmp_path / "run" / "my_network.pth"
     output.parent.mkdir()
-    code, lines, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    temporary_folder.rmdir()
+    code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
     assert code == 1
-    assert err.splitlines() == [f"error: could not save the weights to {output} (No such file or directory); "
-                                f"check that its folder is still there and has free space, then run again"]
-    assert os.listdir(tmp_path) == []
-
-
-def test_an_output_that_became_unreplaceable_during_training_says_where_the_weights_are(cifar_dir, tmp_path,
-                                                                                      immutable):
-    output = tmp_path / "my_network.pth"
-    earlier = earlier_weights(output)
-    code, lines, err = run_until_the_save(cifar_dir, output, lambda: immutable(output))
-    assert code == 1
-    [error] = err.splitlines()
-    match = re.fullmatch(rf"error: could not replace {re.escape(str(output))} \(Operation not permitted\); "
-                         rf"the weights are in ({re.escape(str(output))}\.[0-9a-f]{{8}}\.tmp)", error)
-    assert match, error
-    assert output.read_bytes() == earlier
-    weights = torch.load(match[1], weights_only=True)  # complete, and the trained network's
-    assert list(weights) == list(MyNet().state_dict())
-    assert sorted(os.listdir(tmp_path)) == sorted(["my_network.pth", os.path.basename(match[1])])
+    assert err.splitlines() == [f"error: could not save the weights to {output} (No such file or directory: check "
+                                f"that the folder is there), nor to the temporary folder {temporary_folder} (No such "
+                                f"file or directory: check that the folder is there): they are lost"]
 
 
 # Divergence: nothing that is not a number is ever saved
@@ -295,46 +467,85 @@ def test_weights_ruined_by_the_last_update_are_not_saved(cifar_dir, tmp_path, sk
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-# Signals: one line and no stray file, whenever they come
+# Signals: one line, whenever they come; after the last update, the weights saved first
 
-def test_sigterm_stops_the_run_like_ctrl_c(cifar_dir, tmp_path):
+def test_ctrl_c_under_timeout_which_passes_it_on_is_one_line(cifar_dir, tmp_path):
+    """`timeout 600 python step1.py`, then Ctrl-C: the terminal sends SIGINT to both, and timeout sends it again.
+    The second one, during the ending, used to add about ten lines of "Exception ignored ... SystemExit"."""
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    run = subprocess.Popen(python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                                          "--epochs", "1000000"),
+    run = subprocess.Popen(["timeout", "600", *python_command("step1.py", "--data-dir", cifar_dir, "--output", output,
+                                                              "--device", "cpu", "--epochs", "1000000")],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     for line in run.stdout:
         if "training accuracy" in line:  # well into training
             break
-    run.send_signal(signal.SIGTERM)
+    os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: to every process of the terminal's foreground group
     _, err = run.communicate(timeout=60)
     assert run.returncode == 1
-    assert err.splitlines() == ["", "interrupted: no weights were saved"]
+    assert err == "\ninterrupted: no weights were saved\n"
     assert output.read_bytes() == earlier
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def run_signalled_after(call, args, monkeypatch):
-    """Run step1.py's main(args) here, sending this process SIGTERM right after each call of call (a dotted
-    name), as a kill could come at that very moment; SIGTERM does here what `python step1.py` makes it do."""
+def signalled(monkeypatch, call, number, before=False):
+    """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
+    or a kill could come at that very moment. Returns the list of what call returned."""
     module, name = call.rsplit(".", 1)
     real, returned = getattr(sys.modules[module], name), []
-    monkeypatch.setattr(sys.modules[module], name,
-                        lambda *a, **k: (returned.append(real(*a, **k)), os.kill(os.getpid(), signal.SIGTERM))[0])
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("\ninterrupted: no weights were saved"))
-    skip_md5(monkeypatch.setattr)
-    result = run_step1(args)
-    for thing in returned:  # a file that the kill kept from being closed: the process's end would close it
-        getattr(thing, "close", lambda: None)()
-    return result
+
+    def signal_and_call(*args, **kwargs):
+        if before:
+            os.kill(os.getpid(), number)
+        returned.append(real(*args, **kwargs))
+        if not before:
+            os.kill(os.getpid(), number)
+        return returned[-1]
+
+    monkeypatch.setattr(sys.modules[module], name, signal_and_call)
+    return returned
 
 
-def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, monkeypatch):
+def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    code, lines, err = run_signalled_after("os.replace", ["--data-dir", cifar_dir, "--output", str(output),
-                                                          "--device", "cpu", "--epochs", "1"], monkeypatch)
+    calls = []
+    real_to_float = step1.to_float
+    monkeypatch.setattr(step1, "to_float", lambda images: (
+        calls.append(1), len(calls) == 11 and os.kill(os.getpid(), signal.SIGTERM), real_to_float(images))[2])
+    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
+                                  "--epochs", "1"])  # 12 mini-batches: stopped in the 11th
+    assert code == 1
+    assert err == "\ninterrupted: no weights were saved\n"
+    assert lines[-1] == "Training"
+    assert output.read_bytes() == earlier
+    assert os.listdir(tmp_path) == ["my_network.pth"]
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_path, monkeypatch, skip_md5_check,
+                                                              one_epoch_weights, signals):
+    output = tmp_path / "my_network.pth"
+    earlier_weights(output)
+    accuracies = signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)  # the last update is done
+    if signals == 2:  # the second comes during the save
+        signalled(monkeypatch, "step1.write_then_rename", signal.SIGINT, before=True)
+    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
+                                  "--epochs", "1"])
+    assert code == 1
+    assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
+    assert "mini-batch :   12" in lines[-1]  # the accuracy lines were skipped
+    assert accuracies == []  # stopped before the accuracy pass ran
+    assert same_weights(output, one_epoch_weights)
+    assert os.listdir(tmp_path) == ["my_network.pth"]
+
+
+def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
+    output = tmp_path / "my_network.pth"
+    earlier = earlier_weights(output)
+    signalled(monkeypatch, "os.replace", signal.SIGTERM)
+    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
     assert code == 0, err
     assert err == ""
     assert lines[-1].startswith(f"Saved the weights to {output}")
@@ -342,13 +553,16 @@ def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, m
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, monkeypatch):
+def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    code, lines, err = run_signalled_after("tempfile.TemporaryFile", ["--data-dir", cifar_dir, "--output",
-                                                                      str(output), "--device", "cpu"], monkeypatch)
+    signal.signal(signal.SIGTERM, step1.stop)  # as `python step1.py` sets it before anything else
+    returned = signalled(monkeypatch, "tempfile.TemporaryFile", signal.SIGTERM)
+    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
+    for file in returned:  # the kill kept it from being closed: the process's end would close it
+        file.close()
     assert code == 1
-    assert err.splitlines() == ["", "interrupted: no weights were saved"]
+    assert err == "\ninterrupted: no weights were saved\n"
     assert lines == []
     assert output.read_bytes() == earlier
     assert os.listdir(tmp_path) == ["my_network.pth"]  # no empty file from the check
@@ -373,7 +587,36 @@ def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-# Data: what is wrong, and what to do, in one line; nothing of the user's touched
+@pytest.mark.parametrize("ending", ["trained and saved", "diverged", "a save that failed", "interrupted"])
+def test_main_leaves_the_signal_handlers_as_it_found_them(cifar_dir, tmp_path, ending, temporary_folder, monkeypatch):
+    """As main() called from a notebook or a test: Ctrl-C works there as before, whatever happened in the run."""
+    def mine(*_):
+        pass
+
+    found = {number: signal.signal(number, mine) for number in step1.STOP_SIGNALS}
+    try:
+        extra = {"diverged": ["--lr", "1e300", "--limit", "10"]}.get(ending, [])
+        if ending == "interrupted":
+            signalled(monkeypatch, "step1.to_float", signal.SIGINT)
+            extra = ["--limit", "10"]  # interrupted during its only mini-batch
+        if ending == "a save that failed":
+            (tmp_path / "run").mkdir()
+            code, _, _ = run_until_the_save(cifar_dir, tmp_path / "run" / "w.pth",
+                                            lambda: shutil.rmtree(tmp_path / "run"))
+            assert code == 1
+        else:
+            with pytest.MonkeyPatch.context() as patch:
+                skip_md5(patch.setattr)
+                code, _, _ = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device",
+                                        "cpu", "--epochs", "1", *extra])
+            assert code == (1 if extra else 0)
+        assert all(signal.getsignal(number) is mine for number in step1.STOP_SIGNALS)
+    finally:
+        for number, handler in found.items():
+            signal.signal(number, handler)
+
+
+# Promise 3, data: what is wrong, and what to do, in one line; nothing of the user's touched
 
 def test_missing_data_offline_is_one_clear_line(tmp_path):
     output = tmp_path / "my_network.pth"
@@ -417,12 +660,85 @@ def test_damaged_data_offline_is_one_clear_line_and_left_as_it_was(tmp_path, dam
     code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
     assert code == 1
     assert "Training" not in lines
-    [error] = err.splitlines()
-    assert error.startswith(f"error: CIFAR-10 in {data_dir} is incomplete or damaged and could not be downloaded "
-                            f"again"), error
-    assert "Delete cifar-10-batches-py from it" in error and "cifar-10-python.tar.gz" in error
+    assert err.splitlines() == [
+        f"error: CIFAR-10 in {data_dir} is incomplete or damaged (it does not match its checksums), and could not be "
+        f"downloaded again (<urlopen error [Errno 111] Connection refused>). Run again online, or put a fresh "
+        f"cifar-10-python.tar.gz there."]
+    assert "elete" not in err  # nothing of yours to delete: a fresh archive is unpacked over it
     assert folder_contents(data_dir) == before
     assert sorted(os.listdir(tmp_path)) == ["datasets"]
+
+
+def test_a_full_disk_while_unpacking_good_data_says_so_and_leaves_no_half_folder(tmp_path, small_disk, offline,
+                                                                                 monkeypatch):
+    for module in (cifar, torchvision.datasets.utils):  # a file that is there is good: not the original's md5
+        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    source = write_cifar(tmp_path / "source")
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:  # a good archive (md5 check skipped)
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    packed = (tmp_path / "cifar-10-python.tar.gz").read_bytes()
+    disk = small_disk(len(packed) // 1024 + 100)  # room for the archive and 100 KiB, not for the 500 KB unpacked
+    (disk / "cifar-10-python.tar.gz").write_bytes(packed)
+    code, lines, err = run_step1(["--data-dir", str(disk), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: could not read or write {disk} (No space left on device: free some space), "
+                                f"or give another --data-dir"]
+    assert "damaged" not in err and "elete" not in err
+    assert os.listdir(disk) == ["cifar-10-python.tar.gz"]  # the half-unpacked folder is gone
+    assert (disk / "cifar-10-python.tar.gz").read_bytes() == packed  # the good archive is kept
+
+
+def test_a_batch_that_cannot_be_read_says_so(cifar_dir, tmp_path, skip_md5_check):
+    batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
+    os.chmod(batch, 0)
+    try:
+        with as_a_user():
+            code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth")])
+    finally:
+        os.chmod(batch, 0o644)
+    assert code == 1
+    assert err.splitlines() == [f"error: could not read or write {batch} (Permission denied: fix the permissions), "
+                                f"or give another --data-dir"]
+
+
+@pytest.mark.parametrize("which", ["the data folder", "cifar-10-batches-py"])
+def test_a_folder_that_cannot_be_read_says_so_and_never_damaged(tmp_path, which, offline):
+    data_dir = write_cifar(tmp_path / "datasets")
+    folder = data_dir if which == "the data folder" else data_dir / "cifar-10-batches-py"
+    before = folder_contents(data_dir)
+    folder.chmod(0)
+    try:
+        with as_a_user():
+            code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    finally:
+        folder.chmod(0o755)
+    assert code == 1
+    assert "Training" not in lines
+    inside = data_dir / "cifar-10-batches-py" / ("batches.meta" if which == "cifar-10-batches-py" else "")
+    assert err.splitlines() == [f"error: could not read or write {str(inside).rstrip('/')} (Permission denied: fix "
+                                f"the permissions), or give another --data-dir"]
+    assert folder_contents(data_dir) == before
+
+
+@pytest.mark.parametrize("kind", ["a link to nothing", "a loop of links", "inside a link to nothing",
+                                  "cifar-10-batches-py, a link to nothing"])
+def test_a_link_that_leads_nowhere_is_named(tmp_path, kind, offline):
+    data_dir = tmp_path / "datasets"
+    link = data_dir / "cifar-10-batches-py" if kind.startswith("cifar") else data_dir
+    if kind.startswith("cifar"):
+        data_dir.mkdir()
+    if kind == "a loop of links":
+        os.symlink(tmp_path / "other", link)
+        os.symlink(link, tmp_path / "other")
+    else:
+        os.symlink(tmp_path / "gone", link)
+    before = listing(tmp_path)
+    code, lines, err = run_step1(["--data-dir", str(data_dir / "cifar" if kind.startswith("inside") else data_dir),
+                                  "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: {link} is a link that leads nowhere; fix or remove it, "
+                                f"or give another --data-dir"]
+    assert listing(tmp_path) == before
 
 
 def test_data_dir_naming_the_batches_folder_itself_names_the_folder_to_give(cifar_dir, tmp_path):
@@ -445,68 +761,6 @@ def test_data_dir_naming_a_file_is_refused(tmp_path):
     assert (tmp_path / "cifar.tar.gz").read_bytes() == b"not a folder"
 
 
-def refuse_to_open(monkeypatch, refused):
-    """Make open() fail as the operating system does for a path you may not use, for the paths refused()
-    picks: permission bits do not stop root, which the tests may run as."""
-    real_open = open
-
-    def refusing_open(path, *args, **kwargs):
-        if refused(str(path)):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", refusing_open)
-
-
-def test_a_batch_that_cannot_be_read_says_so(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
-    batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
-    refuse_to_open(monkeypatch, lambda path: path == batch)
-    code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    assert err.splitlines() == [f"error: cannot read or write {batch} (Permission denied); "
-                                f"fix its permissions or give another --data-dir"]
-    assert os.path.isfile(batch)
-
-
-@pytest.mark.parametrize("which", ["the data folder", "cifar-10-batches-py"])
-def test_a_folder_that_cannot_be_read_says_so_and_never_damaged(tmp_path, which, monkeypatch, offline):
-    data_dir = write_cifar(tmp_path / "datasets")
-    folder = data_dir if which == "the data folder" else data_dir / "cifar-10-batches-py"
-    before = folder_contents(data_dir)
-    if AS_ROOT:  # root may read anything: the folder refuses as it does a user, whom os.access asks about
-        real_access = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: (
-            str(path) != str(folder) and real_access(path, mode, **kwargs)))
-    else:
-        folder.chmod(0)
-    try:
-        code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
-    finally:
-        folder.chmod(0o755)
-    assert code == 1
-    assert "Training" not in lines
-    assert err.splitlines() == [f"error: cannot read {folder} (permission denied); "
-                                f"fix its permissions or give another --data-dir"]
-    assert folder_contents(data_dir) == before
-
-
-@pytest.mark.parametrize("kind", ["a link to nothing", "a loop of links", "inside a link to nothing"])
-def test_a_data_dir_link_that_leads_nowhere_is_named(tmp_path, kind, offline):
-    link = tmp_path / "datasets"
-    if kind == "a loop of links":
-        os.symlink(tmp_path / "other", link)
-        os.symlink(link, tmp_path / "other")
-    else:
-        os.symlink(tmp_path / "gone", link)
-    data_dir = link / "cifar" if kind == "inside a link to nothing" else link
-    before = listing(tmp_path)
-    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    assert err.splitlines() == [f"error: {link} is a link that leads nowhere; fix or remove it, "
-                                f"or give another --data-dir"]
-    assert listing(tmp_path) == before
-
-
 @pytest.mark.parametrize("data_dir", ["a/b/c", "~nosuchuser/data"])
 def test_a_failed_download_leaves_no_folder_it_created(tmp_path, data_dir, monkeypatch, offline):
     work = tmp_path / "work"
@@ -517,3 +771,34 @@ def test_a_failed_download_leaves_no_folder_it_created(tmp_path, data_dir, monke
     assert err.startswith(f"error: CIFAR-10 is not in {data_dir} and could not be downloaded")
     assert os.listdir(work) == []  # nor a/ nor a/b/, nor ~nosuchuser/
     assert os.listdir(tmp_path) == ["work"]
+
+
+def test_a_download_cut_off_midway_leaves_no_partial_archive(tmp_path, monkeypatch):
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+
+    class CutOff:  # a response that sends some bytes, then the connection drops
+        length, url = 170_000_000, None
+
+        def __init__(self, *args, **kwargs):
+            self.sent = False
+
+        def read(self, size):
+            if self.sent:
+                raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            self.sent = True
+            return b"\x1f\x8b" + b"\0" * (size - 2)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            pass
+
+    monkeypatch.setattr(urllib.request, "urlopen", CutOff)
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    [error] = [line for line in err.splitlines() if line.startswith("error")]  # torchvision's progress bar aside
+    assert error.startswith(f"error: CIFAR-10 is not in {data_dir} and could not be downloaded ("), error
+    assert "Connection reset by peer" in error
+    assert os.listdir(data_dir) == []  # the folder was there: kept, empty as it was
