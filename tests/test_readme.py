@@ -1,6 +1,7 @@
 """The README's snippets, run as the README prints them."""
 import re
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
-from PIL import Image
+from PIL import Image, ImageColor
 
 from conftest import CIFAR10_LABEL_NAMES, ROOT, readme_snippet, run_python
 from model import CLASSES, MyNet
@@ -44,7 +45,7 @@ def test_loading_the_weights_classifies_a_test_image(guide_run, cifar_dir, skip_
     # The snippet reads ./my_network.pth and ~/datasets: give it both, in a folder of its own.
     shutil.copy(weights, tmp_path / "my_network.pth")
     shutil.copytree(cifar_dir, tmp_path / "datasets")
-    printed = run_snippet('root="~/datasets"', tmp_path)
+    printed = run_snippet("image, label = test_set[0]", tmp_path)
 
     image, label = torchvision.datasets.CIFAR10(cifar_dir, train=False, transform=transforms.ToTensor())[0]
     with torch.no_grad():
@@ -52,21 +53,49 @@ def test_loading_the_weights_classifies_a_test_image(guide_run, cifar_dir, skip_
     assert printed == f"guess: {CIFAR10_LABEL_NAMES[guess]}, truth: {CIFAR10_LABEL_NAMES[label]}\n"
 
 
+def big_endian_tiff(path, grey):
+    """A 16-bit grey TIFF in big-endian byte order ("MM"), as some scanners write it: Pillow reads it, mode I;16B,
+    but does not write it."""
+    height, width = grey.shape
+    pixels = grey.astype(">u2").tobytes()
+    entries = [(256, 3, width), (257, 3, height), (258, 3, 16), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+               (277, 3, 1), (278, 3, height), (279, 4, len(pixels))]  # tag, type (3: short, 4: long), value
+    directory = struct.pack(">H", len(entries)) + b"".join(
+        struct.pack(">HHI", tag, kind, 1) + (struct.pack(">HH", value, 0) if kind == 3 else struct.pack(">I", value))
+        for tag, kind, value in entries) + struct.pack(">I", 0)
+    path.write_bytes(b"MM\x00\x2a" + struct.pack(">I", 8 + len(pixels)) + pixels + directory)
+
+
+def stretched(values):
+    """Grey values of any range as 8 bits, the darkest to 0 and the brightest to 255 (rounded down)."""
+    values = values.astype(np.float64)
+    return Image.fromarray(((values - values.min()) * 255 // (values.max() - values.min())).astype(np.uint8), "L")
+
+
+GREY_RANGES = {"16-bit grey PNG": (0, 65535, np.uint16), "16-bit grey TIFF, big-endian": (1000, 61000, np.uint16),
+               "32-bit grey TIFF": (-70000, 9000000, np.int32)}
+
+
 def picture(kind, path):
     """A picture unlike CIFAR-10's: large, of any mode, in the format its name says. Returns the picture as the
     snippet should see it: upright, 8 bits per channel, RGB."""
     rng = np.random.default_rng(len(kind))
-    size = {"RGBA PNG": (50, 70), "grey PNG": (33, 33), "16-bit grey PNG": (48, 40)}.get(kind, (64, 48))
+    size = {"RGBA PNG": (50, 70), "grey PNG": (33, 33)}.get(kind, (64, 48))
     pixels = rng.integers(0, 256, size=(size[1], size[0], 4), dtype=np.uint8)
     pixels[: size[1] // 2, :, 0] = 255  # something other than noise: a red top half
     mode = {"RGBA PNG": "RGBA", "grey PNG": "L"}.get(kind, "RGB")
     image = Image.fromarray(pixels, "RGBA").convert(mode)
-    if kind == "16-bit grey PNG":  # from black to nearly white, in 16 bits: Pillow's mode I;16
-        grey = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) * 65535 // (size[0] * size[1]))
-        Image.fromarray(grey.astype(np.uint16)).save(path)
+    if kind in GREY_RANGES:  # from dark to bright, in the range the kind's values really have
+        low, high, dtype = GREY_RANGES[kind]
+        grey = (low + np.arange(size[0] * size[1]).reshape(size[1], size[0]) * (high - low)
+                // (size[0] * size[1] - 1)).astype(dtype)
+        if kind.endswith("big-endian"):
+            big_endian_tiff(path, grey)
+        else:
+            Image.fromarray(grey).save(path)
         with Image.open(path) as saved:
-            assert saved.mode == "I;16"
-        return Image.fromarray((grey >> 8).astype(np.uint8), "L").convert("RGB")
+            assert saved.mode == {"16-bit grey PNG": "I;16", "16-bit grey TIFF, big-endian": "I;16B"}.get(kind, "I")
+        return stretched(grey).convert("RGB")
     if kind == "phone photo, stored sideways":  # the camera's pixels, and the EXIF tag that turns them upright
         exif = Image.Exif()
         exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
@@ -80,6 +109,8 @@ def picture(kind, path):
 
 @pytest.mark.parametrize("kind, name", [("large RGB JPEG", "photo.jpg"), ("RGBA PNG", "logo.png"),
                                         ("grey PNG", "grey.png"), ("16-bit grey PNG", "scan.png"),
+                                        ("16-bit grey TIFF, big-endian", "scan.tif"),
+                                        ("32-bit grey TIFF", "depth.tif"),
                                         ("phone photo, stored sideways", "IMG_0001.JPG"), ("BMP", "paint.bmp"),
                                         ("TIFF", "scan.tif"), ("GIF", "drawing.gif"), ("WebP", "web.webp")])
 def test_classifying_your_own_picture_prints_the_three_likeliest_classes(guide_run, tmp_path, kind, name,
@@ -102,9 +133,43 @@ def test_classifying_your_own_picture_prints_the_three_likeliest_classes(guide_r
     order = expected.argsort(descending=True)[:3]
     assert printed == [f"{CLASSES[i]} {100 * expected[i]:.1f} %" for i in order]
     assert all(re.fullmatch(r"[a-z]+ \d{1,3}\.\d %", line) for line in printed)
-    if kind in ("16-bit grey PNG", "phone photo, stored sideways"):  # not what a plain convert("RGB") gives
-        with Image.open(tmp_path / name) as plain:
+    if kind in (*GREY_RANGES, "phone photo, stored sideways") and "big-endian" not in kind:
+        with Image.open(tmp_path / name) as plain:  # not what a plain convert("RGB") gives
             assert not torch.allclose(probabilities(plain.convert("RGB")), expected)
+
+
+def frames(png, colour):
+    """How many rectangles of the colour are drawn in the picture: their top-left corners, where a line of at least
+    100 pixels of exactly that colour goes right and one goes down."""
+    pixels = np.asarray(png.convert("RGB")).astype(int)
+    mask = (pixels == ImageColor.getrgb(colour)).all(axis=2)
+    corners = mask.copy()
+    corners[1:, :] &= ~mask[:-1, :]  # nothing of the colour above
+    corners[:, 1:] &= ~mask[:, :-1]  # nor to the left
+    return sum(mask[y, x:x + 100].all() and mask[y:y + 100, x].all() for y, x in zip(*np.nonzero(corners)))
+
+
+def test_the_picture_of_predictions_frames_each_guess_right_or_wrong(guide_run, cifar_dir, tmp_path, skip_md5_check,
+                                                                     monkeypatch, capsys):
+    _, weights = guide_run
+    shutil.copy(weights, tmp_path / "my_network.pth")
+    shutil.copytree(cifar_dir, tmp_path / "datasets")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the snippet reads ~/datasets
+    exec_snippet("predictions.png", tmp_path, monkeypatch)
+    printed = capsys.readouterr().out
+
+    # The guesses, computed here image by image.
+    test_set = torchvision.datasets.CIFAR10(cifar_dir, train=False, transform=transforms.ToTensor())
+    model = trained_model(weights)
+    with torch.no_grad():
+        right = sum(model(image.unsqueeze(0)).argmax().item() == label for image, label in list(test_set)[:64])
+    assert 0 < right < 64  # both kinds of frame are drawn
+    assert printed == f"{right} of 64 right, drawn in predictions.png\n"
+    with Image.open(tmp_path / "predictions.png") as png:
+        assert png.format == "PNG"
+        # 8 columns of 128-pixel images and 8 rows of 128 + 32 pixels, 8 pixels apart and around.
+        assert png.size == (8 * 128 + 9 * 8, 8 * 160 + 9 * 8)
+        assert (frames(png, "green"), frames(png, "red")) == (right, 64 - right)
 
 
 def test_stripping_module_from_dataparallel_weights(guide_run, tmp_path, monkeypatch):
@@ -155,3 +220,8 @@ def test_troubleshooting_names_each_error_and_the_size_mismatch_is_worded_as_tor
     state_dict["fc_layers.5.weight"] = torch.zeros(5, 96)  # a last layer of 5 outputs instead of 10
     with pytest.raises(RuntimeError, match=re.escape("size mismatch for fc_layers.5.weight")):
         MyNet().load_state_dict(state_dict)
+
+
+def test_the_readme_stays_within_its_word_budget():
+    with open(f"{ROOT}/README.md", encoding="utf-8") as readme:
+        assert len(readme.read().split()) <= 3000  # as `wc -w` counts
