@@ -208,7 +208,8 @@ def check_arguments(parser, args):
         parser.error(f"argument --momentum: must be at least 0 and below 1, got {args.momentum}")
 
     # Ask the system now whether the save can happen as save_weights does it, and replace only weights.
-    output, refuse = args.output, f"argument --output: {args.output}"
+    output = args.output
+    refuse = f"argument --output: {output}"
     if not os.path.basename(output):
         parser.error(f"{refuse} is not a file name (but a folder, a link or a device); give one such as my_network.pth")
     try:
@@ -274,8 +275,9 @@ def pick_device(parser, name):
 
 def load_cifar10(root, train):
     """One set of CIFAR-10 through torchvision, or exit with one line that says what is wrong and what to do."""
-    batches, archive = os.path.join(root, "cifar-10-batches-py"), os.path.join(root, "cifar-10-python.tar.gz")
-    there = [os.path.basename(path) for path in (batches, archive) if os.path.lexists(path)]
+    batches = os.path.join(root, "cifar-10-batches-py")
+    archive = os.path.join(root, "cifar-10-python.tar.gz")
+    there = any(os.path.lexists(path) for path in (batches, archive))
     if os.path.basename(os.path.normpath(root)) == "cifar-10-batches-py" and not there:
         sys.exit(f"error: --data-dir {root} is the cifar-10-batches-py folder itself; "
                  f"give the folder that holds it: --data-dir {os.path.dirname(os.path.abspath(root))}")
@@ -305,7 +307,8 @@ def load_cifar10(root, train):
 def missing_part(path):
     """The outermost folder or file that creating path would create, None if path is there. Exits with one line if
     a link on the way leads nowhere; raises the system's reason if a folder on the way cannot be read."""
-    path, missing = os.path.abspath(path), None
+    path = os.path.abspath(path)
+    missing = None
     while True:
         try:
             os.stat(path)
@@ -334,13 +337,15 @@ class StopSignals:
 
     def __enter__(self):
         self.found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-        self.model, self.stopped = None, False
+        self.model = None
+        self.stopped = False
         for number in STOP_SIGNALS:
             signal.signal(number, self.handle)
         return self
 
     def save_first(self, model, path):
-        self.model, self.path = model, path
+        self.model = model
+        self.path = path
 
     def handle(self, signal_number, frame):
         self.stopped = True
@@ -366,12 +371,12 @@ def save_weights(model, path):
         write_then_rename(weights.getbuffer(), path)
     except OSError as error:
         try:
-            with tempfile.NamedTemporaryFile(prefix="my_network-", suffix=".pth", delete=False) as kept:
-                kept.write(weights.getbuffer())
+            kept = os.path.join(tempfile.gettempdir(), f"my_network-{uuid.uuid4().hex}.pth")  # a new name
+            write_then_rename(weights.getbuffer(), kept)
         except OSError as also:
             sys.exit(f"error: could not save the weights to {path} ({cause(error)}), nor to the temporary folder "
                      f"{tempfile.gettempdir()} ({cause(also)}): they are lost")
-        sys.exit(f"error: could not save the weights to {path} ({cause(error)}); they are in {kept.name} instead")
+        sys.exit(f"error: could not save the weights to {path} ({cause(error)}); they are in {kept} instead")
 
 
 def write_then_rename(data, path):
@@ -398,7 +403,10 @@ def replayed_as_cuda_graph(training_step, device):
 
     A CUDA graph records the GPU work of one step (some 60 small kernels) and replays it all with one launch: for 10
     images, launching the kernels one by one costs more than running them. Recipe: PyTorch's "CUDA semantics" notes."""
-    graph, positions, side_stream, warm_up_steps = None, None, torch.cuda.Stream(device), 3
+    side_stream = torch.cuda.Stream(device)
+    graph = None
+    positions = None
+    warm_up_steps = 3
 
     def step(batch):
         nonlocal graph, positions, warm_up_steps
@@ -413,7 +421,8 @@ def replayed_as_cuda_graph(training_step, device):
         torch.cuda.current_stream(device).wait_stream(side_stream)
         warm_up_steps -= len(batch) == len(positions)
         if warm_up_steps == 0 and len(batch) == len(positions):  # warmed up: record a step (recording does not run it)
-            stream, graph = torch.cuda.current_stream(device), torch.cuda.CUDAGraph()
+            stream = torch.cuda.current_stream(device)
+            graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
                     training_step(positions)

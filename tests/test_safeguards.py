@@ -412,7 +412,7 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
     assert not any(line.startswith("Saved") for line in lines)
     kept = kept_instead(err, output, reason, temporary_folder)
     assert same_weights(kept, one_epoch_weights)  # the trained weights, complete
-    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600  # private, in a folder that others may read
+    assert sorted(os.listdir(temporary_folder)) == [os.path.basename(kept)]  # nothing half-written beside it
     if cause != "the folder removed":
         assert output.read_bytes() == earlier
         left = sorted(os.listdir(folder))
@@ -432,6 +432,7 @@ def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_
     assert err.splitlines() == [f"error: could not save the weights to {output} (No such file or directory: check "
                                 f"that the folder is there), nor to the temporary folder {temporary_folder} (No such "
                                 f"file or directory: check that the folder is there): they are lost"]
+    assert os.listdir(tmp_path) == []
 
 
 # Divergence: nothing that is not a number is ever saved
