@@ -86,9 +86,7 @@ def small_disk(tmp_path, monkeypatch):
 
 
 def simulate_a_full_disk(monkeypatch, disk, size):
-    """Writing files in disk fails with ENOSPC once they hold size bytes in all (checked at the first write of a
-    file, since the simulation starts empty)."""
-    written = [0]
+    """Writing a file in disk fails with ENOSPC once the files there would hold more than size bytes."""
     real_open = open
 
     class Limited:
@@ -96,8 +94,9 @@ def simulate_a_full_disk(monkeypatch, disk, size):
             self.file = file
 
         def write(self, data):
-            written[0] += len(data)
-            if written[0] > size:
+            self.file.flush()
+            used = sum(path.stat().st_size for path in disk.rglob("*") if path.is_file())
+            if used + len(data) > size:
                 raise OSError(errno.ENOSPC, "No space left on device")
             return self.file.write(data)
 
@@ -373,6 +372,19 @@ def one_epoch_weights(cifar_dir, tmp_path_factory):
     return torch.load(output, weights_only=True)
 
 
+def refuse_in(monkeypatch, place, name, path_of):
+    """Make os.<name> fail with EPERM, as chattr makes it fail, where path_of(its arguments) is place or in it."""
+    real = getattr(os, name)
+
+    def refusing(*args, **kwargs):
+        path = str(path_of(*args))
+        if path == str(place) or path.startswith(f"{place}/"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, name, refusing)
+
+
 def kept_instead(err, output, reason, temporary_folder):
     """The one error line of a save that failed: it names the reason and the file that holds the weights instead."""
     [error] = err.splitlines()
@@ -403,9 +415,10 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
                 stack.enter_context(as_a_user())
             elif cause != "a full disk" and AS_ROOT:
                 stack.enter_context(chattr("a" if "append" in cause else "i", folder if "folder" in cause else output))
-            elif cause != "a full disk":  # a user cannot chattr: the rename fails as it would
-                monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(
-                    PermissionError(errno.EPERM, "Operation not permitted")))
+            elif cause != "a full disk":  # a user cannot chattr: what it forbids fails as it would
+                refuse_in(monkeypatch, output, "replace", lambda source, target: target)
+                if "append" in cause:  # in an append-only folder, removing a file fails too
+                    refuse_in(monkeypatch, folder, "remove", lambda path: path)
 
         code, lines, err = run_until_the_save(cifar_dir, output, before_the_save)
     assert code == 1
