@@ -332,13 +332,12 @@ def remove(path):
 
 class StopSignals:
     """Within `with StopSignals()`, Ctrl-C or a kill ends the run with one line; once save_first() has named the
-    weights, it saves them first. The handlers that were there before are put back after, but for step1.py's own
-    stop() after a stop: `python step1.py` is then ending, and a second signal would only add lines."""
+    weights, it saves them first. The handlers that were there before are put back after, except step1.py's own
+    stop(): `python step1.py` has then ended its run, and says nothing more."""
 
     def __enter__(self):
         self.found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
         self.model = None
-        self.stopped = False
         for number in STOP_SIGNALS:
             signal.signal(number, self.handle)
         return self
@@ -348,7 +347,6 @@ class StopSignals:
         self.path = path
 
     def handle(self, signal_number, frame):
-        self.stopped = True
         if self.model is None:
             stop(signal_number, frame)
         save_weights(self.model, self.path)  # which ignores any further stop signal
@@ -356,7 +354,7 @@ class StopSignals:
 
     def __exit__(self, *exception):
         for number, handler in self.found.items():
-            signal.signal(number, ignore if self.stopped and handler is stop else handler)
+            signal.signal(number, ignore if handler is stop else handler)
 
 
 def save_weights(model, path):
@@ -436,4 +434,8 @@ def replayed_as_cuda_graph(training_step, device):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # Python's own ending takes a moment, with the default handlers: a Ctrl-C then would kill it, status 130
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
