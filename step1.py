@@ -15,18 +15,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and the kill that time
 
 def stop(signal_number, frame):
     """End the run with one line. Later stop signals are ignored: they would only add lines to the ending."""
-    ignore_stop_signals()
+    for number in STOP_SIGNALS:
+        signal.signal(number, ignore)
     sys.exit("\ninterrupted: no weights were saved")
 
 
 def ignore(signal_number, frame):
     """A stop signal while the run ends or saves: nothing to do. (Not SIG_IGN: with it, a signal that came just
-    before would make Python raise an error.)"""
-
-
-def ignore_stop_signals():
-    for number in STOP_SIGNALS:
-        signal.signal(number, ignore)
+    before would make Python print an error.)"""
 
 
 if __name__ == "__main__":  # first of all, so that a Ctrl-C during the slow imports below ends with one line too
@@ -361,7 +357,8 @@ def save_weights(model, path):
     """Save the weights, as CPU tensors that load on any machine, to a new file beside path that takes path's name
     only when complete. If that fails, whatever the cause, save them to a new file in the system's temporary
     folder, and exit with one line that names it. Ctrl-C and kills are ignored from here on: the run ends saved."""
-    ignore_stop_signals()
+    for number in STOP_SIGNALS:
+        signal.signal(number, ignore)
     weights = io.BytesIO()
     # In memory first: then only writing a file can fail.
     torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, weights)
