@@ -277,9 +277,13 @@ def test_an_earlier_file_that_cannot_be_replaced_is_refused_and_kept(cifar_dir, 
             stack.enter_context(chattr(case[0], output))
         elif case in ("immutable", "append-only"):  # a user cannot chattr: opening it for writing fails as it would
             real_open = open
-            monkeypatch.setattr("builtins.open", lambda name, mode="r", *args, **kwargs: (
-                (_ for _ in ()).throw(PermissionError(errno.EPERM, "Operation not permitted", str(name)))
-                if str(name) == str(output) and mode == "r+b" else real_open(name, mode, *args, **kwargs)))
+
+            def refusing_open(name, mode="r", *args, **kwargs):
+                if str(name) == str(output) and mode == "r+b":
+                    raise PermissionError(errno.EPERM, "Operation not permitted", str(name))
+                return real_open(name, mode, *args, **kwargs)
+
+            monkeypatch.setattr("builtins.open", refusing_open)
         else:
             folder.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
             output.chmod(0o666)  # writable by all, yet not to be replaced by others there
