@@ -13,10 +13,14 @@ import sys
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and the kill that timeout, Slurm and docker stop send
 
 
+def on_stop_signals(handler):
+    for number in STOP_SIGNALS:
+        signal.signal(number, handler)
+
+
 def stop(signal_number, frame):
     """End the run with one line. Later stop signals are ignored: they would only add lines to the ending."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, ignore)
+    on_stop_signals(ignore)
     sys.exit("\ninterrupted: no weights were saved")
 
 
@@ -26,8 +30,7 @@ def ignore(signal_number, frame):
 
 
 if __name__ == "__main__":  # first of all, so that a Ctrl-C during the slow imports below ends with one line too
-    for number in STOP_SIGNALS:
-        signal.signal(number, stop)
+    on_stop_signals(stop)
 
 import argparse
 import contextlib
@@ -206,14 +209,12 @@ def check_arguments(parser, args):
     # Ask the system now whether the save can happen as save_weights does it, and replace only weights.
     output = args.output
     refuse = f"argument --output: {output}"
-    if not os.path.basename(output):
-        parser.error(f"{refuse} is not a file name (but a folder, a link or a device); give one such as my_network.pth")
     try:
         earlier = existing(output)  # a name too long, or a folder you may not enter, fails here
+        if not os.path.basename(output) or earlier and not stat.S_ISREG(earlier.st_mode):
+            parser.error(f"{refuse} is not a file name (but a folder, a link or a device); "
+                         f"give one such as my_network.pth")
         if earlier:
-            if not stat.S_ISREG(earlier.st_mode):
-                parser.error(f"{refuse} is not a file name (but a folder, a link or a device); "
-                             f"give one such as my_network.pth")
             if not earlier.st_mode & stat.S_IWUSR:
                 parser.error(f"{refuse} is write-protected; choose another path, or make it writable (chmod u+w)")
             with open(output, "r+b"):  # refused for an immutable (chattr +i) or append-only file, even to root
@@ -334,8 +335,7 @@ class StopSignals:
     def __enter__(self):
         self.found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
         self.model = None
-        for number in STOP_SIGNALS:
-            signal.signal(number, self.handle)
+        on_stop_signals(self.handle)
         return self
 
     def save_first(self, model, path):
@@ -357,8 +357,7 @@ def save_weights(model, path):
     """Save the weights, as CPU tensors that load on any machine, to a new file beside path that takes path's name
     only when complete. If that fails, whatever the cause, save them to a new file in the system's temporary
     folder, and exit with one line that names it. Ctrl-C and kills are ignored from here on: the run ends saved."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, ignore)
+    on_stop_signals(ignore)
     weights = io.BytesIO()
     # In memory first: then only writing a file can fail.
     torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, weights)
@@ -434,5 +433,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:  # Python's own ending takes a moment, with the default handlers: a Ctrl-C then would kill it, status 130
-        for number in STOP_SIGNALS:
-            signal.signal(number, signal.SIG_IGN)
+        on_stop_signals(signal.SIG_IGN)
