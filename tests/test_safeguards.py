@@ -534,8 +534,14 @@ def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, mon
     earlier = earlier_weights(output)
     calls = []
     real_to_float = step1.to_float
-    monkeypatch.setattr(step1, "to_float", lambda images: (
-        calls.append(1), len(calls) == 11 and os.kill(os.getpid(), signal.SIGTERM), real_to_float(images))[2])
+
+    def to_float_killed_in_the_11th_step(images):
+        calls.append(1)
+        if len(calls) == 11:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_to_float(images)
+
+    monkeypatch.setattr(step1, "to_float", to_float_killed_in_the_11th_step)
     code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
                                   "--epochs", "1"])  # 12 mini-batches: stopped in the 11th
     assert code == 1
