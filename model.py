@@ -15,6 +15,42 @@ import torch.nn as nn
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+class MyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        # 3x32x32 -> 6x16x16 -> 12x8x8 -> 24x4x4
+        self.conv_layers = nn.Sequential(
+            *conv_block(3, 6),
+            *conv_block(6, 12),
+            *conv_block(12, 24),
+        )
+        # 24 * 4 * 4 = 384 features -> 192 -> 96 -> 10 class scores
+        self.fc_layers = nn.Sequential(
+            nn.Dropout(p=0.1),
+            nn.Linear(24 * 4 * 4, 192),
+            nn.ReLU(inplace=True),
+            nn.Linear(192, 96),
+            nn.ReLU(inplace=True),
+            nn.Linear(96, 10),
+        )
+
+    def forward(self, x):
+        # The slips beginners often make, caught here with a message that says what to do
+        # instead of an error from deep inside a layer.
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"MyNet expects a batch of images as a tensor, got {type_name(x)}: " + non_tensor_advice(x))
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
+            raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)}: "
+                             + shape_advice(list(x.shape)))
+        expected = self.conv_layers[0].weight.dtype
+        if x.dtype != expected:
+            raise TypeError(f"MyNet expects pixels as {expected} between 0 and 1, like its weights, got {x.dtype}: "
+                            + dtype_advice(x, expected))
+        x = self.conv_layers(x)
+        x = x.flatten(start_dim=1)
+        return self.fc_layers(x)
+
+
 def conv_block(in_channels, out_channels):
     """Convolution, batch normalization, ReLU, then 2x2 max pooling (halves height and width)."""
     return [
@@ -57,35 +93,20 @@ def dtype_advice(x: torch.Tensor, expected: torch.dtype) -> str:
     return "images.to(next(model.parameters()).dtype) converts them to the weights' type"
 
 
-class MyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        # 3x32x32 -> 6x16x16 -> 12x8x8 -> 24x4x4
-        self.conv_layers = nn.Sequential(
-            *conv_block(3, 6),
-            *conv_block(6, 12),
-            *conv_block(12, 24),
-        )
-        # 24 * 4 * 4 = 384 features -> 192 -> 96 -> 10 class scores
-        self.fc_layers = nn.Sequential(
-            nn.Dropout(p=0.1),
-            nn.Linear(24 * 4 * 4, 192),
-            nn.ReLU(inplace=True),
-            nn.Linear(192, 96),
-            nn.ReLU(inplace=True),
-            nn.Linear(96, 10),
-        )
+def type_name(x) -> str:
+    """A value's type as a user would write it: "a list", "a numpy.ndarray"."""
+    if type(x).__module__ == "builtins":
+        return f"a {type(x).__name__}"
+    return f"a {type(x).__module__}.{type(x).__qualname__}"
 
-    def forward(self, x):
-        # The slips beginners often make, caught here with a message that says what to do
-        # instead of an error from deep inside a layer.
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
-            raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)}: "
-                             + shape_advice(list(x.shape)))
-        expected = self.conv_layers[0].weight.dtype
-        if x.dtype != expected:
-            raise TypeError(f"MyNet expects pixels as {expected} between 0 and 1, like its weights, got {x.dtype}: "
-                            + dtype_advice(x, expected))
-        x = self.conv_layers(x)
-        x = x.flatten(start_dim=1)
-        return self.fc_layers(x)
+
+def non_tensor_advice(x) -> str:
+    """What to do about images that are not in a tensor yet."""
+    module = type(x).__module__.partition(".")[0]
+    if module == "numpy":
+        return "torch.from_numpy(array) makes one (NumPy keeps the channels last: .permute(0, 3, 1, 2) puts them first)"
+    if module == "PIL":
+        return "transforms.ToTensor()(picture).unsqueeze(0) makes a batch of one, as in training"
+    if isinstance(x, (list, tuple)):
+        return "torch.stack(images) makes one batch of a list of image tensors"
+    return "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"

@@ -19,7 +19,10 @@ import torchvision.datasets.cifar as cifar
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # so that the tests import the repository's model.py and step1.py
 
+import failures  # noqa: E402
 import step1  # noqa: E402
+import stop_signals  # noqa: E402
+from model import MyNet  # noqa: E402
 
 # The label names of the real CIFAR-10, in the order of its batches.meta, which torchvision reads.
 CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -82,19 +85,24 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def keep_signal_handlers():
     """step1.py ignores Ctrl-C and kill while it saves (its run then ends); not for the tests that follow."""
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {number: signal.getsignal(number) for number in stop_signals.STOP_SIGNALS}
     yield
     for number, handler in handlers.items():
         signal.signal(number, handler)
 
 
-def run_step1(args):
-    """Run step1.py's main(args) here; return its exit code, printed lines and error output."""
+def run_step1(args, as_a_script=True):
+    """Run step1.py's main(args) here, as `python step1.py` runs it (its stop signals, and one line for a failure)
+    unless as_a_script is false; return its exit code, printed lines and error output."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            step1.main(args)
+            if as_a_script:
+                with stop_signals.StopSignals(), failures.one_line_for_failures():
+                    step1.main(args)
+            else:
+                step1.main(args)
         except SystemExit as exit:
             code = exit.code
             if isinstance(code, str):  # sys.exit("message") prints the message and exits with 1
@@ -104,8 +112,8 @@ def run_step1(args):
 
 
 def earlier_weights(path):
-    """Write weights that torch.save saved earlier to path, as a run before this one did; return the file's bytes."""
-    torch.save({"fc_layers.5.bias": torch.arange(10.0)}, path)
+    """Write MyNet's weights to path, as a run before this one did; return the file's bytes."""
+    torch.save(MyNet().state_dict(), path)
     return path.read_bytes()
 
 

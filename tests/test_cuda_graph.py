@@ -1,4 +1,4 @@
-"""The training step replayed as a CUDA graph (step1.replayed_as_cuda_graph).
+"""The training step replayed as a CUDA graph (cuda_graph.replayed_as_cuda_graph).
 
 The first tests run anywhere: they stand in for torch.cuda's graph calls on the CPU, to check what the helper
 does with them (warm-up, capture, which steps replay, a capture that fails). The tests marked `gpu` run the real
@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import cuda_graph
 import step1
 from conftest import run_step1, skip_md5, train
 from model import MyNet
@@ -49,9 +50,9 @@ class FakeGraphs:
             fakes.capturing, fakes.current = cuda_graph, Stream()  # the capture's own stream
             try:
                 yield
-            except Exception:  # as torch's capture_end, which then fails too, before it makes the stream current again
+            except Exception as error:  # as torch's capture_end, which fails too, before it makes the stream current
                 fakes.capturing = None
-                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from error
             fakes.capturing, fakes.current = None, fakes.default_stream
 
         def set_stream(stream):
@@ -110,7 +111,7 @@ def test_replays_train_exactly_as_ordinary_steps(monkeypatch):
 
     fakes = FakeGraphs(monkeypatch)
     graphed_model, graphed_loss, graphed_step = training()
-    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
+    step = cuda_graph.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
     for batch in batches():
         step(batch)
 
@@ -134,7 +135,7 @@ def test_a_capture_that_fails_is_one_warning_and_every_step_runs_as_usual(monkey
 
     fakes = FakeGraphs(monkeypatch, fail=fail)
     graphed_model, graphed_loss, graphed_step = training()
-    step = step1.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
+    step = cuda_graph.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
     for batch in batches():
         step(batch)
 
@@ -151,7 +152,7 @@ def test_the_full_size_is_the_first_mini_batch_s_not_the_option_s(monkeypatch):
     """--batch-size larger than the data: one mini-batch an epoch, all the images; no memory for the rest."""
     fakes = FakeGraphs(monkeypatch)
     model, running_loss, training_step = training()
-    step = step1.replayed_as_cuda_graph(fakes.recording(training_step), "cpu")
+    step = cuda_graph.replayed_as_cuda_graph(fakes.recording(training_step), "cpu")
     for _ in range(5):
         step(torch.randperm(60))
     assert (fakes.captures, fakes.replays) == (1, 2)  # warm-up on the first three, replays of 60 images after
@@ -161,7 +162,7 @@ def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch
     def no_graph(*args):
         raise AssertionError("a CUDA graph on the CPU")
 
-    monkeypatch.setattr(step1, "replayed_as_cuda_graph", no_graph)
+    monkeypatch.setattr(cuda_graph, "replayed_as_cuda_graph", no_graph)
     lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1")
     assert lines[0] == "Device            : cpu"
 

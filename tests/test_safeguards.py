@@ -11,6 +11,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -28,8 +29,20 @@ import torchvision.datasets.cifar as cifar
 import torchvision.datasets.utils
 
 import step1
-from conftest import (AS_ROOT, OFFLINE, ROOT, as_a_user, earlier_weights, python_command, run_python, run_step1,
-                      skip_md5, train, write_cifar)
+import stop_signals
+from conftest import (
+    AS_ROOT,
+    OFFLINE,
+    ROOT,
+    as_a_user,
+    earlier_weights,
+    python_command,
+    run_python,
+    run_step1,
+    skip_md5,
+    train,
+    write_cifar,
+)
 from model import MyNet
 from test_step1 import LOSS_PATTERN, parse
 
@@ -136,16 +149,25 @@ def test_output_in_a_missing_folder_is_refused_before_training(cifar_dir, tmp_pa
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["folder", "folder/", "new/", "fifo", "link to a file", "broken link"])
-def test_output_that_is_not_a_regular_file_is_refused_and_left_alone(cifar_dir, tmp_path, kind):
+@pytest.mark.parametrize("kind, named", [
+    ("folder", "is a folder, not a file"), ("folder/", "is not a file name"), ("new/", "is not a file name"),
+    ("fifo", "is a named pipe, not a file"), ("socket", "is a socket, not a file"),
+    ("link to a file", "is a link, not a file"), ("broken link", "is a link, not a file"),
+])
+def test_output_that_is_not_a_regular_file_is_refused_named_for_what_it_is_and_left_alone(cifar_dir, tmp_path, kind,
+                                                                                          named):
     (tmp_path / "folder").mkdir()
     earlier_weights(tmp_path / "file")
     os.mkfifo(tmp_path / "fifo")  # like /dev/null, not a regular file; creating one needs no privilege
+    with socket.socket(socket.AF_UNIX) as unix_socket:
+        unix_socket.bind(str(tmp_path / "socket"))
     os.symlink(tmp_path / "file", tmp_path / "link to a file")
     os.symlink(tmp_path / "nothing", tmp_path / "broken link")
     before = listing(tmp_path)
     error = refused_output(cifar_dir, os.path.join(str(tmp_path), kind))
-    assert "is not a file name (but a folder, a link or a device)" in error
+    advice = "give a file name" if named.endswith("not a file") else "give one"
+    assert error.endswith(f"argument --output: {os.path.join(str(tmp_path), kind)} {named}; {advice} such as "
+                          f"my_network.pth")
     assert listing(tmp_path) == before
     assert os.listdir(tmp_path / "folder") == []
 
@@ -403,7 +425,7 @@ def kept_instead(err, output, reason, temporary_folder):
                                    "the folder made append-only", "the output made immutable"])
 def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, tmp_path, small_disk, cause,
                                                                       temporary_folder, one_epoch_weights, monkeypatch):
-    folder = small_disk(64) if cause == "a full disk" else tmp_path / "run"  # 64 KiB: too small for 400 KB
+    folder = small_disk(1024) if cause == "a full disk" else tmp_path / "run"  # room for the check, then filled
     folder.mkdir(exist_ok=True)
     output = folder / "my_network.pth"
     earlier = earlier_weights(output)
@@ -413,14 +435,16 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
         cause, "Operation not permitted: fix the permissions")
     with contextlib.ExitStack() as stack:
         def before_the_save():
-            if cause == "the folder removed":
+            if cause == "a full disk":
+                fill(folder / "filler")
+            elif cause == "the folder removed":
                 shutil.rmtree(folder)
             elif cause == "the folder made read-only":
                 folder.chmod(0o555)
                 stack.enter_context(as_a_user())
-            elif cause != "a full disk" and AS_ROOT:
+            elif AS_ROOT:
                 stack.enter_context(chattr("a" if "append" in cause else "i", folder if "folder" in cause else output))
-            elif cause != "a full disk":  # a user cannot chattr: what it forbids fails as it would
+            else:  # a user cannot chattr: what it forbids fails as it would
                 refuse_in(monkeypatch, output, "replace", lambda source, target: target)
                 if "append" in cause:  # in an append-only folder, removing a file fails too
                     refuse_in(monkeypatch, folder, "remove", lambda path: path)
@@ -438,19 +462,61 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
             assert left[0] == "my_network.pth" and re.fullmatch(r"step1-[0-9a-f]{8}\.tmp", left[1]), left
             assert same_weights(folder / left[1], one_epoch_weights)
         else:
-            assert left == ["my_network.pth"]
+            assert left == sorted(["my_network.pth", *(["filler"] if cause == "a full disk" else [])])
 
 
-def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_path, temporary_folder):
+def fill(path):
+    """Write to path until the disk is full."""
+    with contextlib.suppress(OSError), open(path, "wb") as file:
+        while True:
+            file.write(bytes(64 * 1024))
+            file.flush()
+
+
+def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_path, temporary_folder, monkeypatch):
     output = tmp_path / "run" / "my_network.pth"
     output.parent.mkdir()
     temporary_folder.rmdir()
-    code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def remove_every_place():
+        shutil.rmtree(output.parent)
+        (tmp_path / "work").rmdir()  # the current folder, gone: os.getcwd() fails
+
+    code, _, err = run_until_the_save(cifar_dir, output, remove_every_place)
     assert code == 1
-    assert err.splitlines() == [f"error: could not save the weights to {output} (No such file or directory: check "
-                                f"that the folder is there), nor to the temporary folder {temporary_folder} (No such "
-                                f"file or directory: check that the folder is there): they are lost"]
+    missing = "No such file or directory: check that the folder is there"
+    assert err.splitlines() == [f"error: could not save the weights to {output} ({missing}), nor to "
+                                f"{temporary_folder} ({missing}), nor to {tmp_path / 'home'} ({missing}): "
+                                f"they are lost"]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("refused", ["the temporary folder", "the temporary and current folders"])
+def test_a_save_that_fails_tries_the_temporary_then_the_current_then_the_home_folder(
+        cifar_dir, tmp_path, temporary_folder, monkeypatch, one_epoch_weights, refused):
+    output = tmp_path / "run" / "my_network.pth"
+    output.parent.mkdir()
+    for folder in ("work", "home"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    temporary_folder.rmdir()
+    if refused != "the temporary folder":
+        (tmp_path / "work").chmod(0o555)
+
+    with as_a_user():
+        code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    (tmp_path / "work").chmod(0o755)
+    assert code == 1
+    place = tmp_path / ("work" if refused == "the temporary folder" else "home")
+    [kept] = os.listdir(place)
+    assert err.splitlines() == [f"error: could not save the weights to {output} (No such file or directory: check "
+                                f"that the folder is there); they are in {place / kept} instead"]
+    assert same_weights(place / kept, one_epoch_weights)
+    assert os.listdir(tmp_path / ("home" if place.name == "work" else "work")) == []
 
 
 # Divergence: nothing that is not a number is ever saved
@@ -558,7 +624,7 @@ def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_pat
     earlier_weights(output)
     accuracies = signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)  # the last update is done
     if signals == 2:  # the second comes during the save
-        signalled(monkeypatch, "step1.write_then_rename", signal.SIGINT, before=True)
+        signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True)
     code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
                                   "--epochs", "1"])
     assert code == 1
@@ -584,7 +650,6 @@ def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, m
 def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    signal.signal(signal.SIGTERM, step1.stop)  # as `python step1.py` sets it before anything else
     returned = signalled(monkeypatch, "tempfile.TemporaryFile", signal.SIGTERM)
     code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
     for file in returned:  # the kill kept it from being closed: the process's end would close it
@@ -596,23 +661,42 @@ def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, 
     assert os.listdir(tmp_path) == ["my_network.pth"]  # no empty file from the check
 
 
-def test_ctrl_c_during_the_imports_is_one_line(tmp_path):
-    # A bare `python step1.py`, interrupted once torch has begun importing itself (the first seconds).
+def interrupted_python(tmp_path, when):
+    """A bare `python step1.py`, with a Ctrl-C once torch has begun importing itself (the first second or two), or
+    as torchvision's CIFAR10 begins to read the data (the imports done). Returns the finished process."""
     code = ("import builtins, os, runpy, signal, sys; real = builtins.__import__\n"
             "def hook(name, *args, **kwargs):\n"
             "    if name.startswith('torch.'):\n"
             "        builtins.__import__ = real\n"
             "        os.kill(os.getpid(), signal.SIGINT)\n"
             "    return real(name, *args, **kwargs)\n"
-            "builtins.__import__ = hook\n"
-            "sys.argv = ['step1.py', '--output', sys.argv[1]]\n"
-            "runpy.run_path('step1.py', run_name='__main__')")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pth")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 1
-    assert result.stderr == "\ninterrupted: no weights were saved\n"
+            "builtins.__import__ = hook\n")
+    if when == "once they are done":
+        code = ("import os, runpy, signal, sys, torchvision; real = torchvision.datasets.CIFAR10.__init__\n"
+                "def interrupted(*args, **kwargs):\n"
+                "    os.kill(os.getpid(), signal.SIGINT)\n"
+                "    return real(*args, **kwargs)\n"
+                "torchvision.datasets.CIFAR10.__init__ = interrupted\n")
+    code += ("sys.argv = ['step1.py', '--output', sys.argv[1], '--data-dir', sys.argv[2]]\n"
+             "runpy.run_path('step1.py', run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pth"), str(tmp_path / "data")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_ctrl_c_during_the_imports_loses_nothing(tmp_path):
+    result = interrupted_python(tmp_path, "during the imports")
+    assert result.returncode != 0
+    assert "KeyboardInterrupt" in result.stderr  # Python's own: nothing had begun
     assert result.stdout == ""
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_once_the_imports_are_done_is_one_line(tmp_path):
+    result = interrupted_python(tmp_path, "once they are done")
+    assert result.stderr == "\ninterrupted: no weights were saved\n"
+    assert result.returncode == 1
+    assert result.stdout.startswith("Device")
+    assert os.listdir(tmp_path) == []  # nor the data folder that a download would have created
 
 
 @pytest.mark.parametrize("ending", ["trained and saved", "diverged", "a save that failed", "interrupted"])
@@ -621,7 +705,7 @@ def test_main_leaves_the_signal_handlers_as_it_found_them(cifar_dir, tmp_path, e
     def mine(*_):
         pass
 
-    found = {number: signal.signal(number, mine) for number in step1.STOP_SIGNALS}
+    found = {number: signal.signal(number, mine) for number in stop_signals.STOP_SIGNALS}
     try:
         extra = {"diverged": ["--lr", "1e300", "--limit", "10"]}.get(ending, [])
         if ending == "interrupted":
@@ -638,7 +722,7 @@ def test_main_leaves_the_signal_handlers_as_it_found_them(cifar_dir, tmp_path, e
                 code, _, _ = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device",
                                         "cpu", "--epochs", "1", *extra])
             assert code == (1 if extra else 0)
-        assert all(signal.getsignal(number) is mine for number in step1.STOP_SIGNALS)
+        assert all(signal.getsignal(number) is mine for number in stop_signals.STOP_SIGNALS)
     finally:
         for number, handler in found.items():
             signal.signal(number, handler)

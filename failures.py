@@ -1,0 +1,117 @@
+"""The one line that every failure gets: what went wrong, in the system's words, and what to do next.
+
+A user who gives a wrong path or runs out of disk space should read one line that says so, not a traceback. Each
+module raises Failure where the failure happens, with that line as its message; step1.py turns it into the line and
+exit status 1 in one place, one_line_for_failures(). The reasons come from the system (an OSError's errno, a file's
+type from lstat), never from a guess at the cause.
+"""
+import contextlib
+import errno
+import os
+import stat
+import sys
+
+
+class Failure(Exception):
+    """A failure the user can act on. Its message is the whole line to print."""
+
+
+# What to do next, by errno: for each that saving the weights or reading the data can meet.
+ADVICE = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EFBIG: "the file is larger than a limit allows (ulimit -f, or the disk's format): choose another disk",
+    errno.EACCES: "fix the permissions",
+    errno.EPERM: "fix the permissions",
+    errno.EROFS: "the disk is read-only: choose a writable one",
+    errno.EBUSY: "it is in use, or mounted there: choose another path",
+    errno.ETXTBSY: "it is in use: choose another path",
+    errno.ENAMETOOLONG: "use a shorter name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+    errno.EISDIR: "it is a folder: give a file name",
+    errno.ELOOP: "a link leads back to itself: fix the links",
+    errno.EXDEV: "choose a path on the same disk",
+    errno.EIO: "the disk failed to read or write: check it, or choose another",
+    errno.EINVAL: "this place does not take files: choose another path",
+    errno.EMFILE: "too many files are open: close some programs",
+    errno.ENFILE: "too many files are open: close some programs",
+}
+
+
+def why(error):
+    """The system's reason for an OSError, and what to do about it."""
+    reason = (error.strerror or os.strerror(error.errno)) if error.errno else str(error)
+    if error.errno == errno.ENOENT:
+        folder = os.path.dirname(error.filename) if isinstance(error.filename, str) else None
+        there = folder is not None and os.path.isdir(folder or ".")
+        return f"{reason}: " + ("this folder takes no new files, choose another" if there
+                                else "check that the folder is there")
+    advice = ADVICE.get(error.errno, "choose another path")
+    return f"{reason}: {advice}"
+
+
+def quoted(path):
+    """path as it is, or in Python's quotes if it holds a newline or another control character: one line stays one."""
+    text = os.fspath(path)
+    if any(ord(character) < 32 or ord(character) == 127 for character in text):
+        return repr(text)
+    return text
+
+
+def kind_of(mode):
+    """What a file that is not a regular file is, by its lstat mode."""
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+class StandardOutput:
+    """sys.stdout, whose failures (a closed pipe, a full disk) raise Failure: one line, not a traceback."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        with self.failure_if_it_fails():
+            return self.stream.write(text)
+
+    def flush(self):
+        with self.failure_if_it_fails():
+            self.stream.flush()
+
+    @contextlib.contextmanager
+    def failure_if_it_fails(self):
+        try:
+            yield
+        except OSError as error:
+            raise Failure(f"error: could not print to the standard output ({why(error)})") from error
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def one_line_for_failures():
+    """Within: a Failure, or a stop (KeyboardInterrupt) that saved nothing, ends the program with its one line on
+    standard error and exit status 1. Standard output is checked too: a closed pipe or a full disk is a Failure."""
+    output = sys.stdout
+    sys.stdout = StandardOutput(output)
+    try:
+        yield
+        sys.stdout.flush()  # what is still buffered: a full disk shows here, not in Python's own ending
+    except Failure as failure:
+        silence(output)
+        sys.exit(str(failure))
+    except KeyboardInterrupt:
+        silence(output)
+        sys.exit("\ninterrupted: no weights were saved")
+    finally:
+        sys.stdout = output
+
+
+def silence(output):
+    """Throw away what output still holds, if it cannot be written: Python's ending would print an error for it."""
+    try:
+        output.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), output.fileno())

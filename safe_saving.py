@@ -1,0 +1,235 @@
+"""Saving the trained weights so that they are never lost, and no file of the user's is destroyed.
+
+Minutes of training are lost if the save fails, and a user's file is lost if the save overwrites it. So:
+
+- An earlier file at --output is replaced only if it holds MyNet's weights (what `MyNet().load_state_dict` takes,
+  strict): an earlier result of step1.py or of the guide's code. This is checked before training (check_output, with
+  a nameless file of the weights' size written in the folder, so that a full disk or a size limit shows then) and
+  again right before the rename, since the file may have changed meanwhile.
+- The weights go to a new file beside --output, which takes its name only when complete: a crash or a power cut
+  midway leaves the earlier file whole. It gets the earlier file's permission bits, owner and group.
+- If that fails, for whatever reason, the same bytes go to a new file in the temporary folder, else the current
+  folder, else the home folder, and one line names it. Stop signals wait until the save is done.
+- KeepTrainedWeights: once the last update is done, however the run ends (a stop signal, an error), the weights
+  are saved first.
+"""
+import argparse
+import contextlib
+import io
+import os
+import stat
+import tempfile
+import uuid
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+import stop_signals
+from failures import Failure, kind_of, quoted, why
+from model import MyNet
+
+
+def output_option(text):
+    """argparse's type for --output: the path, ~ expanded, if the weights can be saved there; else argparse's error."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    path = os.path.expanduser(text)
+    try:
+        check_output(path)
+    except Failure as failure:
+        raise argparse.ArgumentTypeError(str(failure)) from None
+    return path
+
+
+def check_output(path):
+    """Before training: raise Failure unless the weights can be saved at path as save_weights() saves them."""
+    if not os.path.basename(path):
+        raise Failure(f"{quoted(path)} is not a file name; give one such as my_network.pth")
+    try:
+        with in_folder(path) as (folder, name):
+            earlier = replaceable(folder, name, path)
+            with tempfile.TemporaryFile(dir=os.path.dirname(path) or ".") as probe:  # nameless: never left behind
+                probe.write(as_bytes(MyNet().state_dict()))  # the weights' size, whatever their values
+                probe.flush()
+                os.fsync(probe.fileno())  # some disks say they are full only now
+                take_mode_and_owner(probe.fileno(), earlier)
+    except OSError as error:
+        raise Failure(f"{quoted(path)} cannot be written ({why(error)}); choose another path") from error
+
+
+@contextlib.contextmanager
+def in_folder(path):
+    """The folder of path, open, and the file's name in it: files are then found relative to the folder, so that
+    no temporary name is too long for the system, and the folder is the same one from the check to the rename."""
+    if os.open not in os.supports_dir_fd:  # Windows: by full path
+        yield None, path
+        return
+    try:
+        folder = os.open(os.path.dirname(path) or ".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY)
+    except FileNotFoundError as error:  # named by the file's path: its folder is what is missing
+        raise FileNotFoundError(error.errno, error.strerror, path) from None
+    try:
+        yield folder, os.path.basename(path)
+    finally:
+        os.close(folder)
+
+
+def replaceable(folder, name, path):
+    """The lstat of the earlier file that the weights may replace, or None if there is none. Raises Failure for one
+    that must be kept, and the system's OSError for one that cannot be replaced."""
+    try:
+        earlier = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(earlier.st_mode):
+        raise Failure(f"{quoted(path)} is {kind_of(earlier.st_mode)}, not a file; give a file name such as "
+                      f"my_network.pth")
+    if not earlier.st_mode & stat.S_IWUSR:
+        raise Failure(f"{quoted(path)} is write-protected; choose another path, or make it writable (chmod u+w)")
+    # Opened for writing, though only read: refused for an immutable or append-only file, even to root.
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(name, flags, dir_fd=folder), "rb") as file:
+        opened = os.fstat(file.fileno())
+        if (opened.st_dev, opened.st_ino) != (earlier.st_dev, earlier.st_ino):  # replaced between the two looks
+            raise Failure(f"{quoted(path)} changed while it was checked; run again")
+        what = what_it_holds_unless_mynet_weights(file)
+    if what:
+        raise Failure(f"{quoted(path)} holds {what}; choose another path, to keep it")
+    return earlier
+
+
+def what_it_holds_unless_mynet_weights(file):
+    """None if file holds weights that MyNet takes (torch.load reads them as tensors only, never code); otherwise
+    what it holds, in a few words."""
+    try:
+        with warnings.catch_warnings():  # torch.load's warnings about what it reads: the line says enough
+            warnings.simplefilter("ignore")
+            content = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception:  # damaged, or not weights: each kind of file fails in its own way
+        return ("no weights that torch.load can read (a damaged file, or another kind: a whole model, "
+                "a TorchScript model, a data set...)")
+    if not isinstance(content, Mapping):
+        return f"a {type(content).__name__}, not weights"
+    more = [repr(name) for name, value in content.items() if not (isinstance(name, str) and torch.is_tensor(value))]
+    if more:
+        return f"more than weights ({', '.join(more[:3])})"
+    with torch.device("meta"):  # no memory, no random numbers drawn: only the names and shapes matter
+        reference = MyNet()
+    try:
+        reference.load_state_dict(content, assign=True)  # strict: the same names, with the same shapes
+    except RuntimeError:
+        return "the weights of another network, not MyNet's"
+    return None
+
+
+def take_mode_and_owner(file, earlier):
+    """Give a new file the permission bits, owner and group of the earlier regular file it is to replace (if any): a
+    private file stays private, and a user's file stays theirs when root replaces it. Owner first: Linux clears the
+    setuid and setgid bits on a chown."""
+    if earlier is None:
+        return
+    new = os.fstat(file)
+    if (new.st_uid, new.st_gid) != (earlier.st_uid, earlier.st_gid):
+        os.fchown(file, earlier.st_uid, earlier.st_gid)  # refused unless root, or a group you are in
+    os.fchmod(file, stat.S_IMODE(earlier.st_mode))
+
+
+def as_bytes(weights):
+    """The file that torch.save writes for weights, made in memory, of CPU tensors that load on any machine."""
+    buffer = io.BytesIO()
+    torch.save({name: tensor.cpu() for name, tensor in weights.items()}, buffer)
+    return buffer.getvalue()
+
+
+def save_weights(weights, path):
+    """Save weights (a state_dict) to path, or, if that fails whatever the cause, where they can be kept: then
+    raise Failure, whose line names the file that holds them, or each reason why none could."""
+    data = as_bytes(weights)  # in memory first: then only writing a file can fail
+    with stop_signals.ignored():  # a stop now would only cut the save short: the run ends after it anyway
+        try:
+            write_then_rename(data, path)
+            return
+        except (OSError, Failure) as error:
+            reasons = [f"to {quoted(path)} ({reason(error)})"]
+        for folder in places_to_keep_them():
+            kept = os.path.join(folder, f"my_network-{uuid.uuid4().hex}.pth")  # a new name: nothing replaced
+            try:
+                write_then_rename(data, kept)
+            except (OSError, Failure) as error:
+                reasons.append(f"to {quoted(folder)} ({reason(error)})")
+                continue
+            raise Failure(f"error: could not save the weights {reasons[0]}; they are in {quoted(kept)} instead")
+    raise Failure(f"error: could not save the weights {', nor '.join(reasons)}: they are lost")
+
+
+def reason(error):
+    return why(error) if isinstance(error, OSError) else str(error)
+
+
+def places_to_keep_them():
+    """The temporary folder, the current folder, the home folder: each once, in that order."""
+    places = []
+    for find in (tempfile.gettempdir, os.getcwd, lambda: os.path.expanduser("~")):
+        with contextlib.suppress(OSError):  # no usable temporary folder, or the current one removed
+            place = os.path.abspath(find())
+            if place not in places:
+                places.append(place)
+    return places
+
+
+def write_then_rename(data, path):
+    """Write data to a new file in path's folder, then give it path's name, if path may be replaced then: path is
+    never half-written, and the check holds at the very moment of replacing."""
+    with in_folder(path) as (folder, name):
+        # A short name, whatever path's length; x: never a file that exists. Permission bits as for any new file.
+        temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
+        if folder is None:
+            temporary = os.path.join(os.path.dirname(path), temporary)
+        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666,
+                            dir_fd=folder), "wb")
+        try:
+            with file:
+                file.write(data)
+                file.flush()
+                earlier = replaceable(folder, name, path)  # the rule again, as the file may have changed
+                take_mode_and_owner(file.fileno(), earlier)  # after the data: a write clears setuid and setgid
+                os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
+            os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(temporary, dir_fd=folder)
+            raise
+
+
+class KeepTrainedWeights:
+    """Within: once hold(model) has been called, the last update done, any ending of the block saves the weights
+    first: a stop signal (Ctrl-C, a kill, a closed terminal), an error, or standard output that cannot be written.
+    save() saves them at the end of a run that went well."""
+
+    def __init__(self, path):
+        self.path = path
+        self.model = None
+        self.saved = False
+
+    def __enter__(self):
+        return self
+
+    def hold(self, model):
+        self.model = model
+
+    def save(self, weights):
+        self.saved = True  # tried: whatever happens in it, it is not tried again
+        save_weights(weights, self.path)
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or self.model is None:
+            return False
+        if self.saved:  # a stop that came once the save was done: the run has done its work
+            return isinstance(error, KeyboardInterrupt)
+        self.save(self.model.state_dict())
+        if isinstance(error, KeyboardInterrupt):
+            raise Failure(f"\ninterrupted: the weights were saved to {quoted(self.path)} first; the rest was skipped")
+        if isinstance(error, Failure):
+            raise Failure(f"{error}; the weights were saved to {quoted(self.path)} first") from error
+        return False  # anything else is a bug to see whole: its traceback, the weights saved

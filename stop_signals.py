@@ -1,0 +1,71 @@
+"""Ctrl-C, a kill or a closed terminal: a stop that the program sees as an exception, so that it can end cleanly.
+
+Python's default for SIGTERM and SIGHUP (what `timeout`, Slurm, `docker stop` and a closed ssh session send) ends the
+process on the spot, whatever it was writing, and Ctrl-C's KeyboardInterrupt can come a second time while the first
+is being handled. Within StopSignals, the first stop signal raises Stopped where the program is, so that code that
+must run before the end (saving trained weights: safe_saving.py) gets to run; later ones are ignored, since the
+program is already ending. Only the main thread may handle signals (Python's rule): elsewhere these do nothing.
+"""
+import contextlib
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal came: the program is to end. A KeyboardInterrupt, so that code that handles Ctrl-C handles it."""
+
+
+def in_the_main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+def set_handlers(handler):
+    for number in STOP_SIGNALS:
+        signal.signal(number, handler)
+
+
+def do_nothing(signal_number, frame):
+    """A stop signal while the program already ends. (Not SIG_IGN: with it, a signal that came just before would make
+    Python print an error.)"""
+
+
+class StopSignals:
+    """Within: the first stop signal raises Stopped; later ones do nothing. The handlers found are put back after."""
+
+    def __enter__(self):
+        if in_the_main_thread():
+            self.found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+            set_handlers(self.stop)
+        return self
+
+    def stop(self, signal_number, frame):
+        set_handlers(do_nothing)
+        raise Stopped(signal.Signals(signal_number).name)
+
+    def __exit__(self, *exception):
+        if in_the_main_thread():
+            for number, handler in self.found.items():
+                signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def ignored():
+    """Within: stop signals do nothing, so that what runs here (a save) is not cut short. Then the handlers found."""
+    if not in_the_main_thread():
+        yield
+        return
+    found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    set_handlers(do_nothing)
+    try:
+        yield
+    finally:
+        for number, handler in found.items():
+            signal.signal(number, handler)
+
+
+def ignored_from_now_on():
+    """The program has done its work: a stop signal during Python's own ending (a moment) would only add a traceback."""
+    if in_the_main_thread():
+        set_handlers(signal.SIG_IGN)
