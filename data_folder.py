@@ -61,8 +61,8 @@ def check_folder(root, batches, there):
                       f"it: --data-dir {quoted(os.path.dirname(os.path.abspath(root)))}")
     if os.path.exists(root) and not os.path.isdir(root):
         raise Failure(f"error: --data-dir {quoted(root)} is not a folder; give the folder that holds {BATCHES}/")
-    with contextlib.suppress(OSError):  # an unreadable folder is reported by torchvision's own read, with its errno
-        for entry in os.scandir(batches):
+    with contextlib.suppress(OSError), os.scandir(batches) as entries:  # unreadable: torchvision's read says so
+        for entry in entries:
             refuse_a_link_to_nothing(entry.path)
 
 

@@ -33,6 +33,7 @@ ADVICE = {
     errno.EXDEV: "choose a path on the same disk",
     errno.EIO: "the disk failed to read or write: check it, or choose another",
     errno.EINVAL: "this place does not take files: choose another path",
+    errno.EPIPE: "the program reading the output has stopped; send it to a file instead",
     errno.EMFILE: "too many files are open: close some programs",
     errno.ENFILE: "too many files are open: close some programs",
 }

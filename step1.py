@@ -107,10 +107,10 @@ def main(argv=None):
                     if (i + 1) % args.log_interval == 0 or i + 1 == len(batches):
                         mean_loss = running_loss.item() / (i % args.log_interval + 1)
                         check_finite(model, running_loss, epoch, i, args.lr)
+                        if epoch == args.epochs - 1 and i + 1 == len(batches):  # the last update is done, and sound:
+                            keeper.hold(model)  # from here on, however the run ends, the weights are saved first
                         print("Epoch : %2d, mini-batch : %4d, loss : %.3f" % (epoch, i + 1, mean_loss))
                         running_loss.zero_()
-            if epoch == args.epochs - 1:
-                keeper.hold(model)  # the last update is done: from here on, however the run ends, it saves first
 
             training_accuracy, _ = accuracy(model, train_images, train_labels)
             test_accuracy, class_accuracies = accuracy(model, test_images, test_labels)

@@ -3,6 +3,7 @@ ways to run step1.py (in this process, or as `python step1.py` would) and the RE
 an earlier weights file for step1.py to keep or replace, and root's powers set aside."""
 import contextlib
 import ctypes
+import errno
 import io
 import os
 import pickle
@@ -10,6 +11,10 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -91,10 +96,12 @@ def keep_signal_handlers():
         signal.signal(number, handler)
 
 
-def run_step1(args, as_a_script=True):
+def run_step1(args, as_a_script=True, out=None):
     """Run step1.py's main(args) here, as `python step1.py` runs it (its stop signals, and one line for a failure)
-    unless as_a_script is false; return its exit code, printed lines and error output."""
-    out, err = io.StringIO(), io.StringIO()
+    unless as_a_script is false, its standard output going to out if given; return its exit code, printed lines and
+    error output."""
+    out = out or io.StringIO()
+    err = io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -195,3 +202,82 @@ def as_a_user():
     finally:
         sets[0].effective = powers
         call(libc.capset)
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """small_disk(kib): a folder on a disk of that many KiB. A real tmpfs where the tests run as root; elsewhere,
+    writing more than that in the folder fails as it does on a full disk."""
+    mounted = []
+
+    def make(kib):
+        disk = tmp_path / "disk"
+        disk.mkdir()
+        if AS_ROOT:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(disk)], check=True)
+            mounted.append(disk)
+        else:
+            simulate_a_full_disk(monkeypatch, disk, kib * 1024)
+        return disk
+
+    yield make
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def simulate_a_full_disk(monkeypatch, disk, size):
+    """Writing a file in disk fails with ENOSPC once the files there would hold more than size bytes."""
+    real_open = open
+
+    class Limited:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.flush()
+            used = sum(path.stat().st_size for path in disk.rglob("*") if path.is_file())
+            if used + len(data) > size:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            self.file.close()
+
+    def limited_open(name, mode="r", *args, **kwargs):
+        file = real_open(name, mode, *args, **kwargs)
+        return Limited(file) if str(name).startswith(str(disk)) and mode in ("wb", "xb") else file
+
+    monkeypatch.setattr("builtins.open", limited_open)
+    monkeypatch.setattr(tarfile, "bltn_open", limited_open)
+
+
+@pytest.fixture
+def temporary_folder(tmp_path, monkeypatch):
+    """The system's temporary folder, as step1.py finds it: a folder of this test's."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def one_epoch_weights(cifar_dir, tmp_path_factory):
+    """The weights of a one-epoch run with the default seed: what a run that could not save them must keep."""
+    output = tmp_path_factory.mktemp("reference") / "my_network.pth"
+    train(cifar_dir, output, "--epochs", "1")
+    return torch.load(output, weights_only=True)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any download fails as it does without a network (faster than a new Python with OFFLINE)."""
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)

@@ -73,7 +73,7 @@ def stretched(values):
 
 
 GREY_RANGES = {"16-bit grey PNG": (0, 65535, np.uint16), "16-bit grey TIFF, big-endian": (1000, 61000, np.uint16),
-               "32-bit grey TIFF": (-70000, 9000000, np.int32)}
+               "32-bit grey TIFF": (-70000, 9000000, np.int32), "32-bit float grey TIFF": (0.25, 0.75, np.float32)}
 
 
 def picture(kind, path):
@@ -87,14 +87,18 @@ def picture(kind, path):
     image = Image.fromarray(pixels, "RGBA").convert(mode)
     if kind in GREY_RANGES:  # from dark to bright, in the range the kind's values really have
         low, high, dtype = GREY_RANGES[kind]
-        grey = (low + np.arange(size[0] * size[1]).reshape(size[1], size[0]) * (high - low)
-                // (size[0] * size[1] - 1)).astype(dtype)
+        steps = np.arange(size[0] * size[1]).reshape(size[1], size[0])
+        if dtype == np.float32:  # as a depth map or a scientific image: any range of real numbers
+            grey = (low + steps * (high - low) / (size[0] * size[1] - 1)).astype(dtype)
+        else:
+            grey = (low + steps * (high - low) // (size[0] * size[1] - 1)).astype(dtype)
         if kind.endswith("big-endian"):
             big_endian_tiff(path, grey)
         else:
             Image.fromarray(grey).save(path)
         with Image.open(path) as saved:
-            assert saved.mode == {"16-bit grey PNG": "I;16", "16-bit grey TIFF, big-endian": "I;16B"}.get(kind, "I")
+            assert saved.mode == {"16-bit grey PNG": "I;16", "16-bit grey TIFF, big-endian": "I;16B",
+                                  "32-bit float grey TIFF": "F"}.get(kind, "I")
         return stretched(grey).convert("RGB")
     if kind == "phone photo, stored sideways":  # the camera's pixels, and the EXIF tag that turns them upright
         exif = Image.Exif()
@@ -110,7 +114,7 @@ def picture(kind, path):
 @pytest.mark.parametrize("kind, name", [("large RGB JPEG", "photo.jpg"), ("RGBA PNG", "logo.png"),
                                         ("grey PNG", "grey.png"), ("16-bit grey PNG", "scan.png"),
                                         ("16-bit grey TIFF, big-endian", "scan.tif"),
-                                        ("32-bit grey TIFF", "depth.tif"),
+                                        ("32-bit grey TIFF", "depth.tif"), ("32-bit float grey TIFF", "float.tif"),
                                         ("phone photo, stored sideways", "IMG_0001.JPG"), ("BMP", "paint.bmp"),
                                         ("TIFF", "scan.tif"), ("GIF", "drawing.gif"), ("WebP", "web.webp")])
 def test_classifying_your_own_picture_prints_the_three_likeliest_classes(guide_run, tmp_path, kind, name,

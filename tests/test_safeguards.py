@@ -16,7 +16,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -76,68 +75,6 @@ def chattr(flag, path):
         yield
     finally:
         subprocess.run(["chattr", f"-{flag}", str(path)], check=True)
-
-
-@pytest.fixture
-def small_disk(tmp_path, monkeypatch):
-    """small_disk(kib): a folder on a disk of that many KiB. A real tmpfs where the tests run as root; elsewhere,
-    writing more than that in the folder fails as it does on a full disk."""
-    mounted = []
-
-    def make(kib):
-        disk = tmp_path / "disk"
-        disk.mkdir()
-        if AS_ROOT:
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(disk)], check=True)
-            mounted.append(disk)
-        else:
-            simulate_a_full_disk(monkeypatch, disk, kib * 1024)
-        return disk
-
-    yield make
-    for disk in mounted:
-        subprocess.run(["umount", str(disk)], check=True)
-
-
-def simulate_a_full_disk(monkeypatch, disk, size):
-    """Writing a file in disk fails with ENOSPC once the files there would hold more than size bytes."""
-    real_open = open
-
-    class Limited:
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            self.file.flush()
-            used = sum(path.stat().st_size for path in disk.rglob("*") if path.is_file())
-            if used + len(data) > size:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.file.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exception):
-            self.file.close()
-
-    def limited_open(name, mode="r", *args, **kwargs):
-        file = real_open(name, mode, *args, **kwargs)
-        return Limited(file) if str(name).startswith(str(disk)) and mode in ("wb", "xb") else file
-
-    monkeypatch.setattr("builtins.open", limited_open)
-    monkeypatch.setattr(tarfile, "bltn_open", limited_open)
-
-
-@pytest.fixture
-def temporary_folder(tmp_path, monkeypatch):
-    """The system's temporary folder, as step1.py finds it: a folder of this test's."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 # Before training: an --output that cannot, or must not, be replaced
@@ -389,14 +326,6 @@ def run_until_the_save(cifar_dir, output, before_the_save, *extra):
         patch.setattr(step1, "accuracy", accuracy)
         skip_md5(patch.setattr)
         return run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1", *extra])
-
-
-@pytest.fixture(scope="module")
-def one_epoch_weights(cifar_dir, tmp_path_factory):
-    """The weights of a one-epoch run with the default seed: what a run that could not save them must keep."""
-    output = tmp_path_factory.mktemp("reference") / "my_network.pth"
-    train(cifar_dir, output, "--epochs", "1")
-    return torch.load(output, weights_only=True)
 
 
 def refuse_in(monkeypatch, place, name, path_of):
@@ -748,15 +677,6 @@ def test_missing_data_offline_is_one_clear_line(tmp_path):
 def folder_contents(folder):
     return {os.path.relpath(os.path.join(path, name), folder): pathlib.Path(path, name).read_bytes()
             for path, _, names in os.walk(folder) for name in names}
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Any download fails as it does without a network (faster than a new Python with OFFLINE)."""
-    def refuse(*args, **kwargs):
-        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
 @pytest.mark.parametrize("damage", ["not the original files", "a truncated batch", "a missing batch"])
