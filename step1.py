@@ -93,7 +93,7 @@ def main(argv=None):
 
     print("Training")
     start = time.perf_counter()
-    # On a GPU, deterministic convolutions: the same seed gives the same weights. The setting is put back after.
+    # Deterministic cuDNN on a GPU (same seed, same weights); the keeper saves the weights however a trained run ends.
     with torch.backends.cudnn.flags(enabled=True, deterministic=True), \
             safe_saving.KeepTrainedWeights(args.output) as keeper:
         for epoch in range(args.epochs):

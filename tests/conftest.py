@@ -187,7 +187,8 @@ def as_a_user():
         yield
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    header, sets = CapabilityHeader(0x20080522, 0), (CapabilitySets * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    header = CapabilityHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    sets = (CapabilitySets * 2)()
 
     def call(function):
         if function(ctypes.byref(header), sets) != 0:

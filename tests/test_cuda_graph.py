@@ -26,7 +26,10 @@ class FakeGraphs:
     or "with no message"."""
 
     def __init__(self, monkeypatch, fail=None):
-        self.capturing, self.captures, self.replays, self.fail = None, 0, 0, fail
+        self.capturing = None
+        self.captures = 0
+        self.replays = 0
+        self.fail = fail
         fakes = self
 
         class Stream:
@@ -47,13 +50,15 @@ class FakeGraphs:
                 raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might ...")
             if fail == "with no message":
                 raise RuntimeError("")
-            fakes.capturing, fakes.current = cuda_graph, Stream()  # the capture's own stream
+            fakes.capturing = cuda_graph
+            fakes.current = Stream()  # the capture's own stream
             try:
                 yield
             except Exception as error:  # as torch's capture_end, which fails too, before it makes the stream current
                 fakes.capturing = None
                 raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from error
-            fakes.capturing, fakes.current = None, fakes.default_stream
+            fakes.capturing = None
+            fakes.current = fakes.default_stream
 
         def set_stream(stream):
             fakes.current = stream
@@ -78,8 +83,10 @@ class FakeGraphs:
 def training(seed=0):
     """A model, its running loss and main()'s training step, on 60 small random images."""
     torch.manual_seed(seed)
-    images, labels = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (60,))
-    model, criterion = MyNet(), nn.CrossEntropyLoss()
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (60,))
+    model = MyNet()
+    criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, fused=True)
     running_loss = torch.zeros(())
 

@@ -314,7 +314,8 @@ def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
 
 def run_until_the_save(cifar_dir, output, before_the_save, *extra):
     """A one-epoch run that calls before_the_save() as training ends; return its exit code, lines and error."""
-    real_accuracy, calls = step1.accuracy, []
+    real_accuracy = step1.accuracy
+    calls = []
 
     def accuracy(*args):
         calls.append(1)
@@ -510,7 +511,8 @@ def signalled(monkeypatch, call, number, before=False):
     """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
     or a kill could come at that very moment. Returns the list of what call returned."""
     module, name = call.rsplit(".", 1)
-    real, returned = getattr(sys.modules[module], name), []
+    real = getattr(sys.modules[module], name)
+    returned = []
 
     def signal_and_call(*args, **kwargs):
         if before:
@@ -810,7 +812,8 @@ def test_a_download_cut_off_midway_leaves_no_partial_archive(tmp_path, monkeypat
     data_dir.mkdir()
 
     class CutOff:  # a response that sends some bytes, then the connection drops
-        length, url = 170_000_000, None
+        length = 170_000_000
+        url = None
 
         def __init__(self, *args, **kwargs):
             self.sent = False

@@ -48,7 +48,8 @@ def test_prints_the_guides_lines_then_the_classes_then_where_the_weights_went(gu
         "",
         "Training",
     ]
-    order, losses = [], []
+    order = []
+    losses = []
     for line in lines[6:14]:
         if "mini-batch" in line:
             epoch, batch, loss = parse(line, LOSS_PATTERN)
