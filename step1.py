@@ -76,6 +76,7 @@ def main(argv=None):
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, fused=True)
 
     # Training. The loss is summed on the device and read only when printed: reading it makes the CPU wait for the GPU.
+    print("Training")
     running_loss = torch.zeros((), device=device)
 
     def training_step(batch):
@@ -91,7 +92,6 @@ def main(argv=None):
     if device.type == "cuda" and args.cuda_graph:
         training_step = cuda_graph.replayed_as_cuda_graph(training_step, device)
 
-    print("Training")
     start = time.perf_counter()
     # Deterministic cuDNN on a GPU (same seed, same weights); the keeper saves the weights however a trained run ends.
     with torch.backends.cudnn.flags(enabled=True, deterministic=True), \

@@ -1,4 +1,5 @@
 """What step1.py prints, trains and saves, and the options it takes. Its safeguards: test_safeguards.py."""
+import inspect
 import os
 import re
 
@@ -236,3 +237,25 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(cuda, mps, expected, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert step1.device_option("auto") == torch.device(expected)
+
+
+def test_main_shows_the_guides_blocks_in_the_guides_order():
+    """A reader with the guide open beside step1.py finds each of its blocks in main(), in its order, and main() is
+    most of the file: the rest lives in modules named by what they do."""
+    source = inspect.getsource(step1.main)
+    blocks = ["# Parameters", "torchvision.datasets.CIFAR10(root=args.data_dir, train=True, download=True)",
+              "torchvision.datasets.CIFAR10(root=args.data_dir, train=False, download=True)", "model = MyNet()",
+              "criterion = nn.CrossEntropyLoss()", "optimizer = optim.SGD(model.parameters(), lr=args.lr",
+              'print("Training")', "optimizer.zero_grad(", "outputs = model(images)",
+              "loss = criterion(outputs, labels)", "loss.backward()", "optimizer.step()",
+              "accuracy(model, train_images, train_labels)", "accuracy(model, test_images, test_labels)",
+              "# Saving", ".save(model.state_dict())"]
+    places = [source.find(block) for block in blocks]
+    assert -1 not in places, [block for block, place in zip(blocks, places) if place == -1]
+    assert places == sorted(places), "out of the guide's order"
+    # The step is written once, before the loop that calls it after model.train() each epoch.
+    assert source.find("model.train()") < source.find("training_step(batch)\n")
+    with open(step1.__file__, encoding="utf-8") as file:
+        length = len(file.readlines())
+    assert length <= 200
+    assert len(source.splitlines()) >= length / 2
