@@ -50,7 +50,7 @@ def check_output(path):
         with in_folder(path) as (folder, name):
             earlier = replaceable(folder, name, path)
             with tempfile.TemporaryFile(dir=os.path.dirname(path) or ".") as probe:  # nameless: never left behind
-                probe.write(as_bytes(MyNet().state_dict()))  # the weights' size, whatever their values
+                probe.write(weights_of_a_new_mynet())  # the weights' size, whatever their values
                 probe.flush()
                 os.fsync(probe.fileno())  # some disks say they are full only now
                 take_mode_and_owner(probe.fileno(), earlier)
@@ -133,6 +133,13 @@ def take_mode_and_owner(file, earlier):
     if (new.st_uid, new.st_gid) != (earlier.st_uid, earlier.st_gid):
         os.fchown(file, earlier.st_uid, earlier.st_gid)  # refused unless root, or a group you are in
     os.fchmod(file, stat.S_IMODE(earlier.st_mode))
+
+
+def weights_of_a_new_mynet():
+    """What save_weights() will write, in size: the file of a new MyNet's weights. The random numbers that making it
+    draws are given back, so that the run's seed alone decides its own."""
+    with torch.random.fork_rng(devices=[]):
+        return as_bytes(MyNet().state_dict())
 
 
 def as_bytes(weights):
