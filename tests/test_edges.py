@@ -6,6 +6,7 @@ Made real where root can (tmpfs, bind mounts, a file size limit, SIGHUP); simula
 import errno
 import io
 import os
+import re
 import resource
 import shutil
 import signal
@@ -21,7 +22,18 @@ from test_safeguards import kept_instead, listing, refused_output, run_until_the
 import failures
 import safe_saving
 import step1
-from conftest import AS_ROOT, ROOT, as_a_user, earlier_weights, python_command, run_step1, skip_md5, train, write_cifar
+from conftest import (
+    AS_ROOT,
+    ROOT,
+    as_a_user,
+    earlier_weights,
+    python_command,
+    readme_snippet,
+    run_step1,
+    skip_md5,
+    train,
+    write_cifar,
+)
 from model import MyNet
 
 # Before training: the rule, and a check that writes what the save will write
@@ -455,3 +467,29 @@ def test_as_a_user_a_read_only_disk_is_named_as_one(cifar_dir, tmp_path):
         subprocess.run(["umount", str(folder)], check=True)
     assert error.endswith("cannot be written (Read-only file system: the disk is read-only: choose a writable one); "
                           "choose another path")
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("a file on the way", "Not a directory: a part of the path is a file, not a folder: fix the path"),
+    ("a loop of links on the way", "Too many levels of symbolic links: a link leads back to itself: fix the links"),
+])
+def test_a_path_that_cannot_lead_anywhere_gets_its_own_advice(cifar_dir, tmp_path, case, reason):
+    if case == "a file on the way":
+        (tmp_path / "notes").write_text("mine")
+        output = tmp_path / "notes" / "w.pth"
+    else:
+        os.symlink(tmp_path / "b", tmp_path / "a")
+        os.symlink(tmp_path / "a", tmp_path / "b")
+        output = tmp_path / "a" / "w.pth"
+    before = listing(tmp_path)
+    error = refused_output(cifar_dir, output)
+    assert error.endswith(f"argument --output: {output} cannot be written ({reason}); choose another path")
+    assert listing(tmp_path) == before
+
+
+def test_the_requirements_ask_for_the_pillow_that_the_picture_snippet_needs():
+    """ImageFont.load_default(size=...) came with Pillow 10.1; torchvision alone allows older ones."""
+    assert "ImageFont.load_default(size=" in readme_snippet("predictions.png")
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as file:
+        requirements = file.read()
+    assert re.search(r"^pillow>=10\.1\b", requirements, re.M | re.I)
