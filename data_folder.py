@@ -10,12 +10,12 @@ import argparse
 import contextlib
 import http.client
 import os
-import shutil
 
 from failures import ADVICE, Failure, quoted, why
 
 BATCHES = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FILES = {ARCHIVE, "batches.meta", "readme.html", "test_batch", *(f"data_batch_{n}" for n in range(1, 6))}
 
 
 def folder_option(text):
@@ -40,7 +40,7 @@ def checked(root):
         yield
     except BaseException as error:  # Ctrl-C too: leave nothing behind that this run created, no half-unpacked folder
         for place in sorted(created, key=len, reverse=True):
-            remove(place)
+            remove_what_a_download_made(place)
         if isinstance(error, OSError) and (error.filename or error.errno in ADVICE):  # the system's reason, on disk
             raise Failure(f"error: could not read or write {quoted(error.filename or root)} ({why(error)}), "
                           f"or give another --data-dir") from error
@@ -91,10 +91,16 @@ def refuse_a_link_to_nothing(path):
                       f"--data-dir")
 
 
-def remove(path):
-    """Remove a file or a folder with all it holds, as far as possible."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+def remove_what_a_download_made(place):
+    """Remove place, created by this run: CIFAR-10's own files in it, then each folder left empty. Anything else put
+    there meanwhile (by you, or another program) stays, with the folders that hold it."""
+    if os.path.isdir(place) and not os.path.islink(place):
+        for folder, _, names in os.walk(place, topdown=False):
+            for name in set(names) & CIFAR10_FILES:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+            with contextlib.suppress(OSError):  # not empty: something else is there
+                os.rmdir(folder)
+    elif os.path.basename(place) in CIFAR10_FILES:
         with contextlib.suppress(OSError):
-            os.remove(path)
+            os.remove(place)

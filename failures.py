@@ -54,9 +54,7 @@ def why(error):
 def quoted(path):
     """path as it is, or in Python's quotes if it holds a newline or another control character: one line stays one."""
     text = os.fspath(path)
-    if any(ord(character) < 32 or ord(character) == 127 for character in text):
-        return repr(text)
-    return text
+    return text if text.isprintable() else repr(text)  # not printable: C0 and C1 controls, line and page breaks
 
 
 def kind_of(mode):
@@ -74,7 +72,11 @@ class StandardOutput:
 
     def write(self, text):
         with self.failure_if_it_fails():
-            return self.stream.write(text)
+            try:
+                return self.stream.write(text)
+            except UnicodeEncodeError:  # a name that the output's encoding cannot show: shown with escapes
+                encoding = self.stream.encoding or "ascii"
+                return self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self):
         with self.failure_if_it_fails():
@@ -96,10 +98,12 @@ def one_line_for_failures():
     """Within: a Failure, or a stop (KeyboardInterrupt) that saved nothing, ends the program with its one line on
     standard error and exit status 1. Standard output is checked too: a closed pipe or a full disk is a Failure."""
     output = sys.stdout
-    sys.stdout = StandardOutput(output)
+    if output is not None:  # None: started with standard output closed, and print() prints nothing
+        sys.stdout = StandardOutput(output)
     try:
         yield
-        sys.stdout.flush()  # what is still buffered: a full disk shows here, not in Python's own ending
+        if output is not None:
+            sys.stdout.flush()  # what is still buffered: a full disk shows here, not in Python's own ending
     except Failure as failure:
         silence(output)
         sys.exit(str(failure))
@@ -112,7 +116,10 @@ def one_line_for_failures():
 
 def silence(output):
     """Throw away what output still holds, if it cannot be written: Python's ending would print an error for it."""
+    if output is None:
+        return
     try:
         output.flush()
-    except OSError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), output.fileno())
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), output.fileno())

@@ -104,7 +104,7 @@ def non_tensor_advice(x) -> str:
     """What to do about images that are not in a tensor yet."""
     module = type(x).__module__.partition(".")[0]
     if module == "numpy":
-        return "torch.from_numpy(array) makes one (NumPy keeps the channels last: .permute(0, 3, 1, 2) puts them first)"
+        return "torch.from_numpy(array) makes one"
     if module == "PIL":
         return "transforms.ToTensor()(picture).unsqueeze(0) makes a batch of one, as in training"
     if isinstance(x, (list, tuple)):

@@ -93,7 +93,10 @@ def replaceable(folder, name, path):
         opened = os.fstat(file.fileno())
         if (opened.st_dev, opened.st_ino) != (earlier.st_dev, earlier.st_ino):  # replaced between the two looks
             raise Failure(f"{quoted(path)} changed while it was checked; run again")
-        what = what_it_holds_unless_mynet_weights(file)
+        if opened.st_size > 10 * len(weights_of_a_new_mynet()):  # not read into memory: it may be gigabytes
+            what = f"{opened.st_size / 1e6:.0f} MB, far more than MyNet's weights"
+        else:
+            what = what_it_holds_unless_mynet_weights(file)
     if what:
         raise Failure(f"{quoted(path)} holds {what}; choose another path, to keep it")
     return earlier
@@ -153,20 +156,19 @@ def save_weights(weights, path):
     """Save weights (a state_dict) to path, or, if that fails whatever the cause, where they can be kept: then
     raise Failure, whose line names the file that holds them, or each reason why none could."""
     data = as_bytes(weights)  # in memory first: then only writing a file can fail
-    with stop_signals.ignored():  # a stop now would only cut the save short: the run ends after it anyway
+    try:
+        write_then_rename(data, path)
+        return
+    except (OSError, Failure) as error:
+        reasons = [f"to {quoted(path)} ({reason(error)})"]
+    for folder in places_to_keep_them():
+        kept = os.path.join(folder, f"my_network-{uuid.uuid4().hex}.pth")  # a new name: nothing replaced
         try:
-            write_then_rename(data, path)
-            return
+            write_then_rename(data, kept, new_mode=0o600)  # private, in a folder that others share
         except (OSError, Failure) as error:
-            reasons = [f"to {quoted(path)} ({reason(error)})"]
-        for folder in places_to_keep_them():
-            kept = os.path.join(folder, f"my_network-{uuid.uuid4().hex}.pth")  # a new name: nothing replaced
-            try:
-                write_then_rename(data, kept)
-            except (OSError, Failure) as error:
-                reasons.append(f"to {quoted(folder)} ({reason(error)})")
-                continue
-            raise Failure(f"error: could not save the weights {reasons[0]}; they are in {quoted(kept)} instead")
+            reasons.append(f"to {quoted(folder)} ({reason(error)})")
+            continue
+        raise Failure(f"error: could not save the weights {reasons[0]}; they are in {quoted(kept)} instead")
     raise Failure(f"error: could not save the weights {', nor '.join(reasons)}: they are lost")
 
 
@@ -185,15 +187,16 @@ def places_to_keep_them():
     return places
 
 
-def write_then_rename(data, path):
+def write_then_rename(data, path, new_mode=0o666):
     """Write data to a new file in path's folder, then give it path's name, if path may be replaced then: path is
-    never half-written, and the check holds at the very moment of replacing."""
+    never half-written, and the check holds up to the very moment of replacing. new_mode: a new file's permission
+    bits, less the umask."""
     with in_folder(path) as (folder, name):
-        # A short name, whatever path's length; x: never a file that exists. Permission bits as for any new file.
+        # A short name, whatever path's length; x: never a file that exists.
         temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
         if folder is None:
             temporary = os.path.join(os.path.dirname(path), temporary)
-        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666,
+        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), new_mode,
                             dir_fd=folder), "wb")
         try:
             with file:
@@ -202,6 +205,8 @@ def write_then_rename(data, path):
                 earlier = replaceable(folder, name, path)  # the rule again, as the file may have changed
                 take_mode_and_owner(file.fileno(), earlier)  # after the data: a write clears setuid and setgid
                 os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
+            if not unchanged(folder, name, earlier):  # during the sync, which can take long on a network disk
+                raise Failure(f"{quoted(path)} changed while the weights were saved; choose another path")
             os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -209,15 +214,25 @@ def write_then_rename(data, path):
             raise
 
 
+def unchanged(folder, name, earlier):
+    """Whether the file at name is the one the check found, as it was (or still nothing, if there was none)."""
+    try:
+        now = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return earlier is None
+    return earlier is not None and ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+                                    == (earlier.st_dev, earlier.st_ino, earlier.st_size, earlier.st_mtime_ns))
+
+
 class KeepTrainedWeights:
     """Within: once hold(model) has been called, the last update done, any ending of the block saves the weights
     first: a stop signal (Ctrl-C, a kill, a closed terminal), an error, or standard output that cannot be written.
-    save() saves them at the end of a run that went well."""
+    save() saves them at the end of a run that went well; a stop signal waits until it is done."""
 
     def __init__(self, path):
         self.path = path
         self.model = None
-        self.saved = False
+        self.ending = None  # of the save: "saved", or the Failure whose line says where the weights are instead
 
     def __enter__(self):
         return self
@@ -226,15 +241,27 @@ class KeepTrainedWeights:
         self.model = model
 
     def save(self, weights):
-        self.saved = True  # tried: whatever happens in it, it is not tried again
-        save_weights(weights, self.path)
+        with stop_signals.deferred():
+            try:
+                save_weights(weights, self.path)
+            except Failure as failure:
+                self.ending = failure
+                raise
+            self.ending = "saved"
 
     def __exit__(self, kind, error, traceback):
         if error is None or self.model is None:
             return False
-        if self.saved:  # a stop that came once the save was done: the run has done its work
+        saved_now = self.ending is None
+        if saved_now:
+            with contextlib.suppress(Failure, KeyboardInterrupt):  # self.ending says how it went
+                self.save(self.model.state_dict())
+        if isinstance(self.ending, Failure):  # kept elsewhere, or lost: that line, whatever else came
+            if error is self.ending:
+                return False
+            raise self.ending from None
+        if not saved_now:  # a stop once the weights were saved: the run has done its work
             return isinstance(error, KeyboardInterrupt)
-        self.save(self.model.state_dict())
         if isinstance(error, KeyboardInterrupt):
             raise Failure(f"\ninterrupted: the weights were saved to {quoted(self.path)} first; the rest was skipped")
         if isinstance(error, Failure):

@@ -10,6 +10,7 @@ not teach is in the modules beside this file, each named by what it does (README
 import argparse
 import contextlib
 import math
+import sys
 import time
 
 import torch
@@ -25,7 +26,7 @@ import stop_signals
 from model import CLASSES, MyNet
 
 
-def main(argv=None):
+def main(argv=()):
     # Parameters: the guide's values are the defaults
     parser = argparse.ArgumentParser(description="Train MyNet on CIFAR-10 and save its weights.",
                                      usage="%(prog)s [options]  (--help lists them)",
@@ -47,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same run")
     parser.add_argument("--limit", type=int, default=0, metavar="N",
                         help="use only the first N training and N test images; 0: all of them")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(list(argv))  # main() from a notebook: the defaults, whatever the kernel's sys.argv
     check_numbers(parser, args)  # now, rather than after minutes of training
     device = args.device
     torch.manual_seed(args.seed)  # the initial weights, the order of the images and dropout all draw from it
@@ -149,8 +150,7 @@ def accuracy(model, images, labels):
 
 @contextlib.contextmanager
 def onednn(enabled):
-    """Within: oneDNN's convolutions on a CPU on or off (README, Speed); the setting found is put back after. (Not
-    torch.backends.mkldnn.flags(), which sets TF32 too, with a warning where PyTorch has no Intel GPU support.)"""
+    """Within: oneDNN's CPU convolutions on or off, then as found (torch.backends.mkldnn.flags() warns about TF32)."""
     found = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = enabled
     try:
@@ -195,6 +195,6 @@ def check_numbers(parser, args):
 if __name__ == "__main__":
     try:
         with stop_signals.StopSignals(), failures.one_line_for_failures():
-            main()
+            main(sys.argv[1:])
     finally:
         stop_signals.ignored_from_now_on()

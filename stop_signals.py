@@ -22,8 +22,15 @@ def in_the_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
-def set_handlers(handler):
-    for number in STOP_SIGNALS:
+def handlers_found():
+    """The handler of each stop signal that this program may handle: not one ignored as it started (nohup ignores
+    SIGHUP, a shell ignores Ctrl-C for a job in the background): the user chose to have those ignored."""
+    found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    return {number: handler for number, handler in found.items() if handler is not signal.SIG_IGN}
+
+
+def set_handlers(numbers, handler):
+    for number in numbers:
         signal.signal(number, handler)
 
 
@@ -36,37 +43,36 @@ class StopSignals:
     """Within: the first stop signal raises Stopped; later ones do nothing. The handlers found are put back after."""
 
     def __enter__(self):
-        if in_the_main_thread():
-            self.found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-            set_handlers(self.stop)
+        self.found = handlers_found() if in_the_main_thread() else {}
+        set_handlers(self.found, self.stop)
         return self
 
     def stop(self, signal_number, frame):
-        set_handlers(do_nothing)
+        set_handlers(self.found, do_nothing)
         raise Stopped(signal.Signals(signal_number).name)
 
     def __exit__(self, *exception):
-        if in_the_main_thread():
-            for number, handler in self.found.items():
-                signal.signal(number, handler)
+        for number, handler in self.found.items():
+            signal.signal(number, handler)
 
 
 @contextlib.contextmanager
-def ignored():
-    """Within: stop signals do nothing, so that what runs here (a save) is not cut short. Then the handlers found."""
-    if not in_the_main_thread():
-        yield
-        return
-    found = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-    set_handlers(do_nothing)
+def deferred():
+    """Within: a stop signal waits, so that what runs here (a save) is not cut short; after, each that came goes to
+    the handler found, as if it came then. Blocking the signal instead would not do: another thread could take it."""
+    found = handlers_found() if in_the_main_thread() else {}
+    came = []
+    set_handlers(found, lambda signal_number, frame: came.append(signal_number))
     try:
         yield
     finally:
         for number, handler in found.items():
             signal.signal(number, handler)
+        for number in came:
+            signal.raise_signal(number)
 
 
 def ignored_from_now_on():
     """The program has done its work: a stop signal during Python's own ending (a moment) would only add a traceback."""
     if in_the_main_thread():
-        set_handlers(signal.SIG_IGN)
+        set_handlers(handlers_found(), signal.SIG_IGN)

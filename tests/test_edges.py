@@ -41,12 +41,15 @@ from model import MyNet
 
 @pytest.mark.parametrize("kind, holds", [
     ("another network's weights", "the weights of another network, not MyNet's"),
+    ("a large network's weights", "47 MB, far more than MyNet's weights"),  # refused unread: it could be gigabytes
     ("a dict of data tensors", "the weights of another network, not MyNet's"),
     ("MyNet's weights with a layer missing", "the weights of another network, not MyNet's"),
 ])
 def test_only_mynets_weights_are_replaced(cifar_dir, tmp_path, kind, holds):
     output = tmp_path / "w.pth"
     if kind == "another network's weights":
+        torch.save(torch.nn.Sequential(torch.nn.Linear(384, 10)).state_dict(), output)
+    elif kind == "a large network's weights":
         torch.save(torchvision.models.resnet18().state_dict(), output)
     elif kind == "a dict of data tensors":
         torch.save({"images": torch.zeros(4, 3, 32, 32), "labels": torch.zeros(4)}, output)
