@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -496,3 +498,131 @@ def test_the_requirements_ask_for_the_pillow_that_the_picture_snippet_needs():
     with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as file:
         requirements = file.read()
     assert re.search(r"^pillow>=10\.1\b", requirements, re.M | re.I)
+
+
+# Found by a hostile pass: a stop during the save, signals the user ignored, files others put in a new data folder
+
+
+@pytest.mark.parametrize("when", ["as the save begins", "as it writes the file"])
+def test_a_stop_during_the_save_waits_for_it_and_the_run_ends_as_saved(cifar_dir, tmp_path, monkeypatch,
+                                                                      one_epoch_weights, when):
+    output = tmp_path / "my_network.pth"
+    earlier_weights(output)
+    call = "safe_saving.save_weights" if when == "as the save begins" else "safe_saving.write_then_rename"
+    signalled(monkeypatch, call, signal.SIGTERM, before=True)
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch.setattr)
+        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
+                                      "--epochs", "1"])
+    assert code == 0, err
+    assert err == ""
+    assert lines[-1].startswith(f"Saved the weights to {output}")
+    assert same_weights(output, one_epoch_weights)
+
+
+def test_a_stop_after_a_save_that_kept_the_weights_elsewhere_still_names_where(cifar_dir, tmp_path, monkeypatch,
+                                                                               temporary_folder, one_epoch_weights):
+    output = tmp_path / "run" / "my_network.pth"
+    output.parent.mkdir()
+    signalled(monkeypatch, "safe_saving.places_to_keep_them", signal.SIGINT)  # the save at --output has failed
+    code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    assert code == 1
+    kept = kept_instead(err, output, "No such file or directory: check that the folder is there", temporary_folder)
+    assert same_weights(kept, one_epoch_weights)
+    assert oct(os.stat(kept).st_mode & 0o777) == oct(0o600)  # private, in a folder others share
+
+
+def test_main_alone_passes_a_stop_during_the_save_to_the_callers_handler(cifar_dir, tmp_path, monkeypatch,
+                                                                        skip_md5_check, one_epoch_weights):
+    output = tmp_path / "my_network.pth"
+    came = []
+    found = signal.signal(signal.SIGTERM, lambda number, frame: came.append(number))
+    try:
+        signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGTERM, before=True)
+        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
+                                  "--epochs", "1"], as_a_script=False)
+    finally:
+        signal.signal(signal.SIGTERM, found)
+    assert code == 0, err
+    assert came == [signal.SIGTERM]  # once, after the save
+    assert same_weights(output, one_epoch_weights)
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored(cifar_dir, tmp_path, monkeypatch, skip_md5_check,
+                                                    one_epoch_weights):
+    found = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup python step1.py` starts it
+    try:
+        signalled(monkeypatch, "step1.to_float", signal.SIGHUP)  # the terminal closes, during training
+        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device",
+                                      "cpu", "--epochs", "1"])
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, found)
+    assert code == 0, err
+    assert lines[-1].startswith("Saved the weights")
+    assert same_weights(tmp_path / "w.pth", one_epoch_weights)
+
+
+def test_a_failed_download_keeps_what_others_put_in_the_folder_it_created(tmp_path, monkeypatch):
+    data_dir = tmp_path / "datasets"
+
+    def another_program_writes_then_the_network_fails(*args, **kwargs):
+        (data_dir / "notes.txt").write_text("mine")  # torchvision has created the folder by now
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", another_program_writes_then_the_network_fails)
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert "could not be downloaded" in err
+    assert os.listdir(data_dir) == ["notes.txt"]
+    assert (data_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_saved_at_output_during_the_sync_is_kept(cifar_dir, tmp_path, temporary_folder, monkeypatch,
+                                                        one_epoch_weights):
+    """As an editor saves (a new file renamed over the old), while the weights are synced to the disk."""
+    output = tmp_path / "run" / "my_network.pth"
+    output.parent.mkdir()
+    earlier_weights(output)
+    real_fsync = os.fsync
+    syncs = []
+
+    def fsync_while_the_user_saves(descriptor):
+        syncs.append(descriptor)
+        if len(syncs) == 2:  # 1: the check before training; 2: the save
+            (tmp_path / "notes").write_text("my notes")
+            os.replace(tmp_path / "notes", output)
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync_while_the_user_saves)
+    code, _, err = run_until_the_save(cifar_dir, output, lambda: None)
+    assert code == 1
+    kept_instead(err, output, f"{output} changed while the weights were saved; choose another path", temporary_folder)
+    assert output.read_text() == "my notes"
+
+
+def test_standard_output_closed_from_the_start_is_no_error(cifar_dir, tmp_path):
+    """`python step1.py >&-`: Python then has no sys.stdout, and print() prints nothing."""
+    result = subprocess.run(python_command("step1.py", "--data-dir", cifar_dir, "--output", tmp_path / "w.pth",
+                                           "--epochs", "1", "--limit", "20"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
+                            preexec_fn=lambda: os.close(1))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert list(torch.load(tmp_path / "w.pth", weights_only=True)) == list(MyNet().state_dict())
+
+
+def test_main_from_a_notebook_reads_no_kernel_arguments(tmp_path, monkeypatch, offline):
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel-1234.json"])
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(failures.Failure, match="CIFAR-10 is not in .*datasets and could not be downloaded"):
+        step1.main()  # the defaults: ~/datasets, my_network.pth
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["a\u2028b.pth", "a\x85b.pth", "a\x1b[2Jb.pth", "a\tb.pth"])
+def test_a_name_with_any_unprintable_character_is_quoted(name):
+    assert failures.quoted(name) == repr(name)
+    assert len(f"error: {failures.quoted(name)}".splitlines()) == 1
+    assert failures.quoted("mon réseau ✓.pth") == "mon réseau ✓.pth"
