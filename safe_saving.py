@@ -208,10 +208,24 @@ def write_then_rename(data, path, new_mode=0o666):
             if not unchanged(folder, name, earlier):  # during the sync, which can take long on a network disk
                 raise Failure(f"{quoted(path)} changed while the weights were saved; choose another path")
             os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+            sync_the_folder(folder, path)  # the new name on the disk too, not only the new file
         except BaseException:
             with contextlib.suppress(OSError):
                 os.remove(temporary, dir_fd=folder)
             raise
+
+
+def sync_the_folder(folder, path):
+    """Put the folder's list of names on the disk, where the system allows it (not every one does)."""
+    with contextlib.suppress(OSError):
+        if folder is None:
+            descriptor = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        else:
+            descriptor = os.open(".", os.O_RDONLY, dir_fd=folder)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def unchanged(folder, name, earlier):
@@ -260,6 +274,8 @@ class KeepTrainedWeights:
             if error is self.ending:
                 return False
             raise self.ending from None
+        if self.ending is None:  # the save itself was cut short: nothing saved, and the ending says so
+            return False
         if not saved_now:  # a stop once the weights were saved: the run has done its work
             return isinstance(error, KeyboardInterrupt)
         if isinstance(error, KeyboardInterrupt):
