@@ -3,6 +3,7 @@ save that fails in ways the check before training could not see until it wrote w
 the last update that are not Ctrl-C, odd names, and main() called from other code.
 
 Made real where root can (tmpfs, bind mounts, a file size limit, SIGHUP); simulated only where it cannot."""
+import contextlib
 import errno
 import io
 import os
@@ -24,6 +25,7 @@ from test_safeguards import kept_instead, listing, refused_output, run_until_the
 import failures
 import safe_saving
 import step1
+import stop_signals
 from conftest import (
     AS_ROOT,
     ROOT,
@@ -73,18 +75,24 @@ def test_a_disk_too_full_for_the_weights_is_refused_before_training(cifar_dir, t
     assert os.listdir(disk) == []
 
 
+@contextlib.contextmanager
+def file_size_limit(size):
+    """As `ulimit -f`, for this process: a write beyond size bytes fails with EFBIG (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
 def test_a_file_size_limit_is_refused_before_training(cifar_dir, tmp_path):
     """`ulimit -f 300` (300 KiB): the weights do not fit. Found by the check, not after the training."""
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (300 * 1024, resource.RLIM_INFINITY))
-
-    result = subprocess.run(python_command("step1.py", "--data-dir", cifar_dir, "--output", tmp_path / "w.pth"),
-                            cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=limited)
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.splitlines()[-1].endswith(
-        f"argument --output: {tmp_path / 'w.pth'} cannot be written (File too large: the file is larger than a limit "
-        f"allows (ulimit -f, or the disk's format): choose another disk); choose another path")
+    with file_size_limit(300 * 1024):
+        error = refused_output(cifar_dir, tmp_path / "w.pth")
+    assert error.endswith(f"argument --output: {tmp_path / 'w.pth'} cannot be written (File too large: the file is "
+                          f"larger than a limit allows (ulimit -f, or the disk's format): choose another disk); choose "
+                          f"another path")
     assert os.listdir(tmp_path) == []
 
 
@@ -224,20 +232,16 @@ def test_a_hangup_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_real_hangup_before_the_last_update_is_one_line_and_saves_nothing(cifar_dir, tmp_path):
+def test_a_hangup_before_the_last_update_is_one_line_and_saves_nothing(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    run = subprocess.Popen(python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                                          "--epochs", "1000000"),
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in run.stdout:
-        if line.startswith("Training"):
-            break
-    run.send_signal(signal.SIGHUP)
-    _, err = run.communicate(timeout=60)
-    assert run.returncode == 1
+    signalled(monkeypatch, "step1.to_float", signal.SIGHUP)  # the terminal closes, during the first step
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch.setattr)
+        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
+    assert code == 1
     assert err == "\ninterrupted: no weights were saved\n"
+    assert lines[-1] == "Training"
     assert output.read_bytes() == earlier
 
 
@@ -255,10 +259,10 @@ def test_an_error_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
     assert same_weights(output, one_epoch_weights)  # a bug shows whole, and the trained weights are kept
 
 
-@pytest.mark.parametrize("where", ["a closed pipe, unbuffered", "a closed pipe", "/dev/full"])
+@pytest.mark.parametrize("where", ["a closed pipe, unbuffered", "/dev/full"])
 def test_standard_output_that_cannot_be_written_is_one_line(cifar_dir, tmp_path, where):
     """Unbuffered (python -u, PYTHONUNBUFFERED=1 as in containers), the first line fails, before any training;
-    buffered, the lines go out at the end, after the save."""
+    buffered (to a file, here a full one, or a pipe), the lines go out at the end, after the save."""
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
@@ -601,14 +605,12 @@ def test_a_file_saved_at_output_during_the_sync_is_kept(cifar_dir, tmp_path, tem
     assert output.read_text() == "my notes"
 
 
-def test_standard_output_closed_from_the_start_is_no_error(cifar_dir, tmp_path):
+def test_standard_output_closed_from_the_start_is_no_error(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
     """`python step1.py >&-`: Python then has no sys.stdout, and print() prints nothing."""
-    result = subprocess.run(python_command("step1.py", "--data-dir", cifar_dir, "--output", tmp_path / "w.pth",
-                                           "--epochs", "1", "--limit", "20"),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
-                            preexec_fn=lambda: os.close(1))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    monkeypatch.setattr(sys, "stdout", None)
+    with stop_signals.StopSignals(), failures.one_line_for_failures():
+        step1.main(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--epochs", "1", "--limit", "20"])
+    assert sys.stdout is None
     assert list(torch.load(tmp_path / "w.pth", weights_only=True)) == list(MyNet().state_dict())
 
 
