@@ -179,10 +179,9 @@ class CapabilitySets(ctypes.Structure):
 
 
 @contextlib.contextmanager
-def as_a_user():
-    """Within: if the tests run as root (CI does), this thread sets aside the powers that let root ignore permission
-    bits, ownership and sticky folders (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER), so that the
-    system refuses it what it refuses a user: for real. A user's process never has them."""
+def without_capabilities(capabilities):
+    """Within, where the tests run as root: this thread without the given capabilities (a bit mask), so that the
+    system refuses it, for real, what it refuses a user's process, which never has them. Elsewhere: a user's already."""
     if not AS_ROOT:
         yield
         return
@@ -196,13 +195,19 @@ def as_a_user():
 
     call(libc.capget)
     powers = sets[0].effective
-    sets[0].effective &= ~0b1111  # capabilities 0 to 3
+    sets[0].effective &= ~capabilities
     call(libc.capset)
     try:
         yield
     finally:
         sets[0].effective = powers
         call(libc.capset)
+
+
+def as_a_user():
+    """Within: without the powers that let root ignore permission bits, ownership and sticky folders (CAP_CHOWN,
+    CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: capabilities 0 to 3)."""
+    return without_capabilities(0b1111)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 order, weights from a GPU on a machine without one, setuid and setgid bits, a disk that is full only at fsync, stop
 signals at the moments that matter, and a file replaced between two looks. (The runs that save: test_safeguards.py.)"""
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -13,7 +12,7 @@ import torch
 
 import safe_saving
 import step1
-from conftest import AS_ROOT, CapabilityHeader, CapabilitySets, earlier_weights, run_step1, skip_md5
+from conftest import AS_ROOT, earlier_weights, run_step1, skip_md5, without_capabilities
 from failures import Failure
 from model import MyNet
 
@@ -99,30 +98,10 @@ def test_weights_trained_on_cuda_load_on_the_cpu_without_map_location(tmp_path):
         assert torch.equal(loaded[name], tensor.cpu()), name
 
 
-@contextlib.contextmanager
 def without_fsetid():
-    """Within, where the tests run as root: this thread without CAP_FSETID, as a user's process is, so that a write
-    to a file clears its setuid and setgid bits as it does for a user. Elsewhere the process is a user's already."""
-    if not AS_ROOT:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = CapabilityHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    sets = (CapabilitySets * 2)()
-
-    def call(function):
-        if function(ctypes.byref(header), sets) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-
-    call(libc.capget)
-    powers = sets[0].effective
-    sets[0].effective &= ~(1 << 4)  # CAP_FSETID
-    call(libc.capset)
-    try:
-        yield
-    finally:
-        sets[0].effective = powers
-        call(libc.capset)
+    """Within: without CAP_FSETID, as a user's process is, so that a write to a file clears its setuid and setgid
+    bits as it does for a user."""
+    return without_capabilities(1 << 4)
 
 
 @pytest.mark.parametrize("mode", [0o4755, 0o6750], ids=oct)
