@@ -33,7 +33,6 @@ ADVICE = {
     errno.EXDEV: "choose a path on the same disk",
     errno.EIO: "the disk failed to read or write: check it, or choose another",
     errno.EINVAL: "this place does not take files: choose another path",
-    errno.EPIPE: "the program reading the output has stopped; send it to a file instead",
     errno.EMFILE: "too many files are open: close some programs",
     errno.ENFILE: "too many files are open: close some programs",
 }
@@ -87,7 +86,9 @@ class StandardOutput:
         try:
             yield
         except OSError as error:
-            raise Failure(f"error: could not print to the standard output ({why(error)})") from error
+            reason = (f"{error.strerror}: the program reading the output has stopped; send it to a file instead"
+                      if error.errno == errno.EPIPE else why(error))
+            raise Failure(f"error: could not print to the standard output ({reason})") from error
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
