@@ -106,13 +106,18 @@ def one_line_for_failures():
         if output is not None:
             sys.stdout.flush()  # what is still buffered: a full disk shows here, not in Python's own ending
     except Failure as failure:
-        silence(output)
-        sys.exit(str(failure))
+        end_with(str(failure), output)
     except KeyboardInterrupt:
-        silence(output)
-        sys.exit("\ninterrupted: no weights were saved")
+        end_with("\ninterrupted: no weights were saved", output)
     finally:
         sys.stdout = output
+
+
+def end_with(line, output):
+    """Exit with line on standard error and status 1, whatever output still holds."""
+    with contextlib.suppress(KeyboardInterrupt):  # another stop while the program ends: the line says what happened
+        silence(output)
+    sys.exit(line)
 
 
 def silence(output):

@@ -59,17 +59,24 @@ class StopSignals:
 @contextlib.contextmanager
 def deferred():
     """Within: a stop signal waits, so that what runs here (a save) is not cut short; after, each that came goes to
-    the handler found, as if it came then. Blocking the signal instead would not do: another thread could take it."""
+    the handler found, as if it came then. Blocking the signal instead would not do: another thread could take it.
+    If the handler found is StopSignals' own and all went well, the program has done its work: a stop that came, or
+    comes later, has nothing left to stop, and does nothing."""
     found = handlers_found() if in_the_main_thread() else {}
     came = []
     set_handlers(found, lambda signal_number, frame: came.append(signal_number))
+    went_well = False
     try:
         yield
+        went_well = True
     finally:
+        done = {number for number, handler in found.items() if went_well and isinstance(
+            getattr(handler, "__self__", None), StopSignals)}
         for number, handler in found.items():
-            signal.signal(number, handler)
+            signal.signal(number, do_nothing if number in done else handler)
         for number in came:
-            signal.raise_signal(number)
+            if number not in done:
+                signal.raise_signal(number)
 
 
 def ignored_from_now_on():

@@ -628,3 +628,32 @@ def test_a_name_with_any_unprintable_character_is_quoted(name):
     assert failures.quoted(name) == repr(name)
     assert len(f"error: {failures.quoted(name)}".splitlines()) == 1
     assert failures.quoted("mon réseau ✓.pth") == "mon réseau ✓.pth"
+
+
+@pytest.mark.parametrize("call", ["failures.quoted", "time.perf_counter"])
+def test_a_stop_once_the_weights_are_saved_ends_as_saved(cifar_dir, tmp_path, monkeypatch, one_epoch_weights, call):
+    output = tmp_path / "my_network.pth"
+    real_save = safe_saving.save_weights
+
+    def save_then_stop_at_the_next_call(*args):
+        real_save(*args)
+        signalled(monkeypatch, call, signal.SIGTERM)  # as the last line is written
+
+    monkeypatch.setattr(safe_saving, "save_weights", save_then_stop_at_the_next_call)
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch.setattr)
+        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    assert code == 0, err
+    assert "no weights were saved" not in err
+    assert same_weights(output, one_epoch_weights)
+
+
+def test_a_stop_while_a_failure_ends_the_run_keeps_its_one_line(cifar_dir, tmp_path, monkeypatch, temporary_folder,
+                                                                one_epoch_weights):
+    output = tmp_path / "run" / "my_network.pth"
+    output.parent.mkdir()
+    signalled(monkeypatch, "failures.silence", signal.SIGTERM, before=True)
+    code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    assert code == 1
+    kept = kept_instead(err, output, "No such file or directory: check that the folder is there", temporary_folder)
+    assert same_weights(kept, one_epoch_weights)
