@@ -15,6 +15,7 @@ Minutes of training are lost if the save fails, and a user's file is lost if the
 """
 import argparse
 import contextlib
+import functools
 import io
 import os
 import stat
@@ -138,6 +139,7 @@ def take_mode_and_owner(file, earlier):
     os.fchmod(file, stat.S_IMODE(earlier.st_mode))
 
 
+@functools.lru_cache(maxsize=1)  # the same bytes each time: made once
 def weights_of_a_new_mynet():
     """What save_weights() will write, in size: the file of a new MyNet's weights. The random numbers that making it
     draws are given back, so that the run's seed alone decides its own."""
