@@ -259,33 +259,40 @@ def test_an_error_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
     assert same_weights(output, one_epoch_weights)  # a bug shows whole, and the trained weights are kept
 
 
-@pytest.mark.parametrize("where", ["a closed pipe, unbuffered", "/dev/full"])
-def test_standard_output_that_cannot_be_written_is_one_line(cifar_dir, tmp_path, where):
+def test_standard_output_that_cannot_be_written_is_one_line(cifar_dir, tmp_path):
     """Unbuffered (python -u, PYTHONUNBUFFERED=1 as in containers), the first line fails, before any training;
-    buffered (to a file, here a full one, or a pipe), the lines go out at the end, after the save."""
-    output = tmp_path / "my_network.pth"
-    earlier = earlier_weights(output)
-    command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                             "--epochs", "1", "--limit", "20")
-    env = dict(os.environ, PYTHONUNBUFFERED="1" if where.endswith("unbuffered") else "")
-    if where == "/dev/full":
-        stdout = open("/dev/full", "w")
-    else:  # as `python step1.py | head -0`: the reader is gone before the first line
-        read, stdout = os.pipe()
-        os.close(read)
-    with stdout if where == "/dev/full" else open(stdout, "w") as stdout:
-        run = subprocess.run(command, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
-                             timeout=120)
-    assert run.returncode == 1
-    reason = "No space left on device: free some space" if where == "/dev/full" else (
-        "Broken pipe: the program reading the output has stopped; send it to a file instead")
-    assert run.stderr.splitlines() == [f"error: could not print to the standard output ({reason})"]
-    if where.endswith("unbuffered"):
-        assert output.read_bytes() == earlier
-    else:
-        assert output.read_bytes() != earlier
-        assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
-    assert os.listdir(tmp_path) == ["my_network.pth"]
+    buffered (to a file, here a full one, or a pipe), the lines go out at the end, after the save. The two runs go
+    side by side, to keep the suite short."""
+    runs = {}
+    for where in ("a closed pipe, unbuffered", "/dev/full"):
+        folder = tmp_path / ("pipe" if where.endswith("unbuffered") else "full")
+        folder.mkdir()
+        output = folder / "my_network.pth"
+        earlier = earlier_weights(output)
+        command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
+                                 "--epochs", "1", "--limit", "20")
+        if where == "/dev/full":
+            stdout = open("/dev/full", "w")
+        else:  # as `python step1.py | head -0`: the reader is gone before the first line
+            read, written = os.pipe()
+            os.close(read)
+            stdout = open(written, "w")
+        with stdout:
+            env = dict(os.environ, PYTHONUNBUFFERED="1" if where.endswith("unbuffered") else "")
+            process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+        runs[where] = (process, output, earlier)
+    for where, (process, output, earlier) in runs.items():
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 1, where
+        reason = "No space left on device: free some space" if where == "/dev/full" else (
+            "Broken pipe: the program reading the output has stopped; send it to a file instead")
+        assert err.splitlines() == [f"error: could not print to the standard output ({reason})"]
+        if where.endswith("unbuffered"):
+            assert output.read_bytes() == earlier
+        else:
+            assert output.read_bytes() != earlier
+            assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+        assert os.listdir(output.parent) == ["my_network.pth"]
 
 
 class ClosedAfter(io.StringIO):
