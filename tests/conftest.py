@@ -29,6 +29,9 @@ import step1  # noqa: E402
 import stop_signals  # noqa: E402
 from model import MyNet  # noqa: E402
 
+# For the tests that need an NVIDIA GPU: skipped without one (CI has none); gpu_check.sh runs them.
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA); gpu_check.sh runs it")
+
 # The label names of the real CIFAR-10, in the order of its batches.meta, which torchvision reads.
 CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_BATCH = 24  # 5 batches: 120 training images

@@ -13,10 +13,8 @@ import torch.nn as nn
 
 import cuda_graph
 import step1
-from conftest import run_step1, skip_md5, train
+from conftest import gpu, run_step1, skip_md5, train
 from model import MyNet
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA); gpu_check.sh runs it")
 
 
 class FakeGraphs:

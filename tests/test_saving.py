@@ -12,11 +12,9 @@ import torch
 
 import safe_saving
 import step1
-from conftest import AS_ROOT, earlier_weights, run_step1, skip_md5, without_capabilities
+from conftest import AS_ROOT, earlier_weights, gpu, run_step1, skip_md5, without_capabilities
 from failures import Failure
 from model import MyNet
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA); gpu_check.sh runs it")
 
 
 def some_weights():
