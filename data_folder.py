@@ -18,8 +18,8 @@ ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_FILES = {ARCHIVE, "batches.meta", "readme.html", "test_batch", *(f"data_batch_{n}" for n in range(1, 6))}
 
 
-def folder_option(text):
-    """argparse's type for --data-dir: a folder's name, with ~ for the home folder."""
+def path_option(text):
+    """argparse's type for --data-dir (and the start of --output's): a path, with ~ for the home folder."""
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return os.path.expanduser(text)

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import torch
 
+import data_folder
 import stop_signals
 from failures import Failure, kind_of, quoted, why
 from model import MyNet
@@ -33,9 +34,7 @@ from model import MyNet
 
 def output_option(text):
     """argparse's type for --output: the path, ~ expanded, if the weights can be saved there; else argparse's error."""
-    if not text:
-        raise argparse.ArgumentTypeError("must not be empty")
-    path = os.path.expanduser(text)
+    path = data_folder.path_option(text)
     try:
         check_output(path)
     except Failure as failure:

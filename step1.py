@@ -31,7 +31,7 @@ def main(argv=()):
     parser = argparse.ArgumentParser(description="Train MyNet on CIFAR-10 and save its weights.",
                                      usage="%(prog)s [options]  (--help lists them)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", type=data_folder.folder_option, default="~/datasets",
+    parser.add_argument("--data-dir", type=data_folder.path_option, default="~/datasets",
                         help="the folder that holds cifar-10-batches-py/, or where to download it")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the training images")
     parser.add_argument("--batch-size", type=int, default=10, help="images per training mini-batch")
