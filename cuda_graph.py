@@ -11,35 +11,39 @@ import torch
 
 
 def replayed_as_cuda_graph(training_step, device):
-    """training_step, replayed as a CUDA graph for full mini-batches (the size of the first one) once three ordinary
-    steps have warmed it up.
+    """training_step(images, labels), replayed as a CUDA graph for full mini-batches (the size of the first one) once
+    three ordinary steps have warmed it up.
 
-    A CUDA graph records the GPU work of one step (some 60 small kernels) and replays it all with one launch: for 10
-    images, launching the kernels one by one costs more than running them. Recipe: PyTorch's "CUDA semantics" notes."""
+    The recipe of PyTorch's "CUDA semantics" notes: the graph reads its inputs from tensors of its own, so each full
+    mini-batch is copied into them before a replay; the ordinary steps before the recording run on a side stream."""
     side_stream = torch.cuda.Stream(device)
     graph = None
-    positions = None
+    recorded_images = None
+    recorded_labels = None
     warm_up_steps = 3
 
-    def step(batch):
-        nonlocal graph, positions, warm_up_steps
-        if positions is None:
-            positions = batch.clone()  # where each replay finds its images: as many as in a full mini-batch
-        if graph is not None and len(batch) == len(positions):
-            positions.copy_(batch)
+    def step(images, labels):
+        nonlocal graph, recorded_images, recorded_labels, warm_up_steps
+        if recorded_images is None:  # as many as in a full mini-batch
+            recorded_images = images.clone()
+            recorded_labels = labels.clone()
+        full = len(images) == len(recorded_images)
+        if graph is not None and full:
+            recorded_images.copy_(images)
+            recorded_labels.copy_(labels)
             return graph.replay()
-        side_stream.wait_stream(torch.cuda.current_stream(device))  # an ordinary step, on a side stream (the recipe)
+        side_stream.wait_stream(torch.cuda.current_stream(device))  # an ordinary step, on a side stream
         with torch.cuda.stream(side_stream):
-            training_step(batch)
+            training_step(images, labels)
         torch.cuda.current_stream(device).wait_stream(side_stream)
-        if len(batch) == len(positions):
+        if full:
             warm_up_steps -= 1
-        if warm_up_steps == 0 and len(batch) == len(positions):  # warmed up: record a step (recording does not run it)
+        if warm_up_steps == 0 and full:  # warmed up: record a step (recording does not run it)
             stream = torch.cuda.current_stream(device)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    training_step(positions)
+                    training_step(recorded_images, recorded_labels)
             except Exception as error:  # at its start or midway: nothing recorded has run, so go on without it
                 graph = None
                 torch.cuda.set_stream(stream)  # a capture that fails midway can leave its own stream current
@@ -47,4 +51,3 @@ def replayed_as_cuda_graph(training_step, device):
                 print(f"warning: the training step could not be captured as a CUDA graph ({reason}); "
                       f"training goes on without it", file=sys.stderr)
     return step
-

@@ -96,8 +96,9 @@ class StandardOutput:
 
 @contextlib.contextmanager
 def one_line_for_failures():
-    """Within: a Failure, or a stop (KeyboardInterrupt) that saved nothing, ends the program with its one line on
-    standard error and exit status 1. Standard output is checked too: a closed pipe or a full disk is a Failure."""
+    """Within: a Failure ends the program with its one line on standard error and exit status 1; a stop
+    (KeyboardInterrupt) prints its line there, then goes on, for the program to end as its signal would. Standard
+    output is checked too: a closed pipe or a full disk is a Failure."""
     output = sys.stdout
     if output is not None:  # None: started with standard output closed, and print() prints nothing
         sys.stdout = StandardOutput(output)
@@ -107,8 +108,11 @@ def one_line_for_failures():
             sys.stdout.flush()  # what is still buffered: a full disk shows here, not in Python's own ending
     except Failure as failure:
         end_with(str(failure), output)
-    except KeyboardInterrupt:
-        end_with("\ninterrupted: no weights were saved", output)
+    except KeyboardInterrupt as stop:
+        with contextlib.suppress(KeyboardInterrupt):  # another stop while the program ends: this one's line stands
+            silence(output)
+            print(str(stop) or "\ninterrupted", file=sys.stderr)
+        raise
     finally:
         sys.stdout = output
 

@@ -42,18 +42,20 @@ def output_option(text):
     return path
 
 
-def check_output(path):
-    """Before training: raise Failure unless the weights can be saved at path as save_weights() saves them."""
+def check_output(path, holds_something_else=None, probe=None):
+    """Before training: raise Failure unless the weights can be saved at path as save_weights() saves them.
+    For another kind of file, a checkpoint: holds_something_else, its rule (see replaceable), and probe, bytes of its
+    size."""
     if not os.path.basename(path):
         raise Failure(f"{quoted(path)} is not a file name; give one such as my_network.pth")
     try:
         with in_folder(path) as (folder, name):
-            earlier = replaceable(folder, name, path)
-            with tempfile.TemporaryFile(dir=os.path.dirname(path) or ".") as probe:  # nameless: never left behind
-                probe.write(weights_of_a_new_mynet())  # the weights' size, whatever their values
-                probe.flush()
-                os.fsync(probe.fileno())  # some disks say they are full only now
-                take_mode_and_owner(probe.fileno(), earlier)
+            earlier = replaceable(folder, name, path, holds_something_else)
+            with tempfile.TemporaryFile(dir=os.path.dirname(path) or ".") as file:  # nameless: never left behind
+                file.write(probe or weights_of_a_new_mynet())  # the weights' size, whatever their values
+                file.flush()
+                os.fsync(file.fileno())  # some disks say they are full only now
+                take_mode_and_owner(file.fileno(), earlier)
     except OSError as error:
         raise Failure(f"{quoted(path)} cannot be written ({why(error)}); choose another path") from error
 
@@ -75,9 +77,10 @@ def in_folder(path):
         os.close(folder)
 
 
-def replaceable(folder, name, path):
+def replaceable(folder, name, path, holds_something_else=None):
     """The lstat of the earlier file that the weights may replace, or None if there is none. Raises Failure for one
-    that must be kept, and the system's OSError for one that cannot be replaced."""
+    that must be kept, and the system's OSError for one that cannot be replaced. holds_something_else(file): None if
+    the open file may be replaced, else what it holds; by default, what_it_holds_unless_mynet_weights."""
     try:
         earlier = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
@@ -96,7 +99,7 @@ def replaceable(folder, name, path):
         if opened.st_size > 10 * len(weights_of_a_new_mynet()):  # not read into memory: it may be gigabytes
             what = f"{opened.st_size / 1e6:.0f} MB, far more than MyNet's weights"
         else:
-            what = what_it_holds_unless_mynet_weights(file)
+            what = (holds_something_else or what_it_holds_unless_mynet_weights)(file)
     if what:
         raise Failure(f"{quoted(path)} holds {what}; choose another path, to keep it")
     return earlier
@@ -188,10 +191,10 @@ def places_to_keep_them():
     return places
 
 
-def write_then_rename(data, path, new_mode=0o666):
+def write_then_rename(data, path, new_mode=0o666, holds_something_else=None):
     """Write data to a new file in path's folder, then give it path's name, if path may be replaced then: path is
     never half-written, and the check holds up to the very moment of replacing. new_mode: a new file's permission
-    bits, less the umask."""
+    bits, less the umask; holds_something_else: the rule of replaceable()."""
     with in_folder(path) as (folder, name):
         # A short name, whatever path's length; x: never a file that exists.
         temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
@@ -203,7 +206,7 @@ def write_then_rename(data, path, new_mode=0o666):
             with file:
                 file.write(data)
                 file.flush()
-                earlier = replaceable(folder, name, path)  # the rule again, as the file may have changed
+                earlier = replaceable(folder, name, path, holds_something_else)  # again: it may have changed
                 take_mode_and_owner(file.fileno(), earlier)  # after the data: a write clears setuid and setgid
                 os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
             if not unchanged(folder, name, earlier):  # during the sync, which can take long on a network disk
@@ -256,7 +259,7 @@ class KeepTrainedWeights:
         self.model = model
 
     def save(self, weights):
-        with stop_signals.deferred():
+        with stop_signals.deferred(the_end=True):
             try:
                 save_weights(weights, self.path)
             except Failure as failure:
@@ -277,10 +280,12 @@ class KeepTrainedWeights:
             raise self.ending from None
         if self.ending is None:  # the save itself was cut short: nothing saved, and the ending says so
             return False
-        if not saved_now:  # a stop once the weights were saved: the run has done its work
-            return isinstance(error, KeyboardInterrupt)
-        if isinstance(error, KeyboardInterrupt):
-            raise Failure(f"\ninterrupted: the weights were saved to {quoted(self.path)} first; the rest was skipped")
+        if not saved_now:  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
+            return False
+        if isinstance(error, KeyboardInterrupt):  # still a stop: it ends the program as its signal would
+            raise stop_signals.stopped_again(
+                error, f"\ninterrupted: the weights were saved to {quoted(self.path)} first; the rest was skipped"
+            ) from None
         if isinstance(error, Failure):
             raise Failure(f"{error}; the weights were saved to {quoted(self.path)} first") from error
         return False  # anything else is a bug to see whole: its traceback, the weights saved

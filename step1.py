@@ -6,6 +6,9 @@
 
 main() follows the guide's order: parameters, data, network, loss and optimizer, training, saving. What the guide does
 not teach is in the modules beside this file, each named by what it does (README, Files).
+
+Each epoch ends with a checkpoint, my_network.pth.checkpoint (--output's name, .checkpoint added), kept after the run:
+`python step1.py --resume` goes on from the last one after a stop, or trains longer with a higher --epochs.
 """
 import argparse
 import contextlib
@@ -17,7 +20,9 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import torchvision
+from torch.utils.data import DataLoader, TensorDataset
 
+import checkpoints
 import cuda_graph
 import data_folder
 import failures
@@ -30,6 +35,8 @@ def main(argv=()):
     # Parameters: the guide's values are the defaults
     parser = argparse.ArgumentParser(description="Train MyNet on CIFAR-10 and save its weights.",
                                      usage="%(prog)s [options]  (--help lists them)",
+                                     epilog="Each epoch ends with a checkpoint, --output's name with .checkpoint "
+                                            "added; it is kept after the run, for --resume with a higher --epochs.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", type=data_folder.path_option, default="~/datasets",
                         help="the folder that holds cifar-10-batches-py/, or where to download it")
@@ -48,8 +55,11 @@ def main(argv=()):
     parser.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same run")
     parser.add_argument("--limit", type=int, default=0, metavar="N",
                         help="use only the first N training and N test images; 0: all of them")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the checkpoint of the last finished epoch (give the same options)")
     args = parser.parse_args(list(argv))  # main() from a notebook: the defaults, whatever the kernel's sys.argv
     check_numbers(parser, args)  # now, rather than after minutes of training
+    checkpoint = checkpoints.Checkpoints(args, argv)  # with --resume, read and checked now too
     device = args.device
     torch.manual_seed(args.seed)  # the initial weights, the order of the images and dropout all draw from it
     print(f"Device            : {device}")
@@ -58,13 +68,14 @@ def main(argv=()):
     with data_folder.checked(args.data_dir):  # a failure is one line, and leaves nothing of a failed download
         train_set = torchvision.datasets.CIFAR10(root=args.data_dir, train=True, download=True)
         test_set = torchvision.datasets.CIFAR10(root=args.data_dir, train=False, download=True)
-    # Its images are uint8 arrays (N, 32, 32, 3). Each set goes to the device once, in PyTorch's order (N, 3, 32, 32);
-    # a mini-batch is some of its positions, turned into floats when used.
+    # Its images are uint8 arrays (N, 32, 32, 3). Each set goes to the device once, in PyTorch's order (N, 3, 32, 32),
+    # and the DataLoader makes mini-batches of it there, turned into floats when used.
     limit = args.limit or None  # a slice up to None keeps every image
     train_images = torch.from_numpy(train_set.data[:limit]).permute(0, 3, 1, 2).to(device)
     train_labels = torch.tensor(train_set.targets[:limit], device=device)
     test_images = torch.from_numpy(test_set.data[:limit]).permute(0, 3, 1, 2).to(device)
     test_labels = torch.tensor(test_set.targets[:limit], device=device)
+    train_loader = DataLoader(TensorDataset(train_images, train_labels), batch_size=args.batch_size, shuffle=True)
     print("Training set size : %d" % len(train_images))
     print("Test set size     : %d" % len(test_images))
     print("Image size        : %d x %d\n" % (train_images.shape[2], train_images.shape[3]))
@@ -76,13 +87,17 @@ def main(argv=()):
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, fused=True)
 
+    # With --resume: the weights, the optimizer and the random numbers where the checkpoint left them
+    first_epoch = checkpoint.resume(model, optimizer)
+    if first_epoch > 0:
+        print("Resumed after epoch %d, from %s\n" % (first_epoch - 1, failures.quoted(checkpoint.path)))
+
     # Training. The loss is summed on the device and read only when printed: reading it makes the CPU wait for the GPU.
     print("Training")
     running_loss = torch.zeros((), device=device)
 
-    def training_step(batch):
-        images = to_float(train_images[batch])
-        labels = train_labels[batch]
+    def training_step(images, labels):
+        images = to_float(images)
         optimizer.zero_grad(set_to_none=False)  # zeros in place: a CUDA graph needs the same memory every step
         outputs = model(images)
         loss = criterion(outputs, labels)
@@ -96,19 +111,17 @@ def main(argv=()):
     start = time.perf_counter()
     # Deterministic cuDNN on a GPU (same seed, same weights); the keeper saves the weights however a trained run ends.
     with torch.backends.cudnn.flags(enabled=True, deterministic=True), \
-            safe_saving.KeepTrainedWeights(args.output) as keeper:
-        for epoch in range(args.epochs):
+            safe_saving.KeepTrainedWeights(args.output) as keeper, checkpoint:
+        for epoch in range(first_epoch, args.epochs):
             model.train()
-            # A new random order each epoch, cut into mini-batches of image positions.
-            batches = torch.randperm(len(train_images)).to(device).split(args.batch_size)
             with onednn(enabled=False):  # on a CPU: PyTorch's own convolutions are faster for mini-batches this small
-                for i, batch in enumerate(batches):
-                    training_step(batch)
+                for i, (images, labels) in enumerate(train_loader):  # a new random order each epoch
+                    training_step(images, labels)
                     # The mean loss every log_interval mini-batches, and over the last ones of an epoch.
-                    if (i + 1) % args.log_interval == 0 or i + 1 == len(batches):
+                    if (i + 1) % args.log_interval == 0 or i + 1 == len(train_loader):
                         mean_loss = running_loss.item() / (i % args.log_interval + 1)
                         check_finite(model, running_loss, epoch, i, args.lr)
-                        if epoch == args.epochs - 1 and i + 1 == len(batches):  # the last update is done, and sound:
+                        if epoch == args.epochs - 1 and i + 1 == len(train_loader):  # the last update, and sound:
                             keeper.hold(model)  # from here on, however the run ends, the weights are saved first
                         print("Epoch : %2d, mini-batch : %4d, loss : %.3f" % (epoch, i + 1, mean_loss))
                         running_loss.zero_()
@@ -117,6 +130,7 @@ def main(argv=()):
             test_accuracy, class_accuracies = accuracy(model, test_images, test_labels)
             print("Epoch : %2d, training accuracy = %6.2f %%, test accuracy = %6.2f %%"
                   % (epoch, training_accuracy, test_accuracy))
+            checkpoint.save(model, optimizer, epoch)  # a stop from now on loses at most the next epoch
 
         print("\nTest accuracy per class")
         for name, class_accuracy in zip(CLASSES, class_accuracies):
@@ -163,7 +177,8 @@ def check_finite(model, running_loss, epoch, i, lr):
     """Stop a run whose loss or weights are no longer numbers: nothing of it is worth saving."""
     if not all(value.isfinite().all() for value in [running_loss, *model.state_dict().values()]):
         raise failures.Failure(f"error: the loss or the weights became nan or inf by epoch {epoch}, mini-batch "
-                               f"{i + 1}: the training diverged. Try a smaller --lr than {lr}. Nothing was saved.")
+                               f"{i + 1}: the training diverged. Try a smaller --lr than {lr}. The weights were not "
+                               f"saved.")
 
 
 def device_option(name):
@@ -196,5 +211,7 @@ if __name__ == "__main__":
     try:
         with stop_signals.StopSignals(), failures.one_line_for_failures():
             main(sys.argv[1:])
+    except KeyboardInterrupt as stop:  # its line is printed: a shell loop stops only if the signal ends the process
+        stop_signals.end_as_the_signal_would(stop)
     finally:
         stop_signals.ignored_from_now_on()

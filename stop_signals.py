@@ -1,21 +1,47 @@
-"""Ctrl-C, a kill or a closed terminal: a stop that the program sees as an exception, so that it can end cleanly.
+"""Ctrl-C, a kill or a closed terminal: a stop that the program sees as an exception, so that it can end cleanly,
+and then ends as the signal would have ended it.
 
 Python's default for SIGTERM and SIGHUP (what `timeout`, Slurm, `docker stop` and a closed ssh session send) ends the
 process on the spot, whatever it was writing, and Ctrl-C's KeyboardInterrupt can come a second time while the first
 is being handled. Within StopSignals, the first stop signal raises Stopped where the program is, so that code that
-must run before the end (saving trained weights: safe_saving.py) gets to run; later ones are ignored, since the
-program is already ending. Only the main thread may handle signals (Python's rule): elsewhere these do nothing.
+must run before the end (saving trained weights: safe_saving.py; saving a checkpoint: checkpoints.py) gets to run;
+later ones are ignored, since the program is already ending. Only the main thread may handle signals (Python's rule):
+elsewhere these do nothing.
+
+Once its one line is printed, end_as_the_signal_would() ends the process by the same signal, with the system's
+default action: a shell sees 130 for Ctrl-C, 143 for a kill, and a shell loop stops instead of going on to its next
+command. SIGQUIT (Ctrl-\\) is left alone, on purpose: it asks for a hard quit, like kill -9, and gets one.
 """
 import contextlib
+import os
 import signal
+import sys
 import threading
 
-# Ctrl-C; the kill that timeout, Slurm and docker stop send; a closed terminal or ssh session (not on Windows).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+# Ctrl-C; the kill that timeout, Slurm and docker stop send; a closed terminal or ssh session; Slurm's --signal
+# warning before a time limit (USR1, USR2); a CPU-time limit (XCPU); an alarm. Each ends the process by default.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2",
+                                                        "SIGXCPU", "SIGALRM") if hasattr(signal, name))
+NO_WEIGHTS_SAVED = "\ninterrupted: no weights were saved"
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop signal came: the program is to end. A KeyboardInterrupt, so that code that handles Ctrl-C handles it."""
+    """A stop signal came: the program is to end. A KeyboardInterrupt, so that code that handles Ctrl-C handles it.
+    Its message is the line to end with; signal_number, the signal to end by."""
+
+    def __init__(self, line=NO_WEIGHTS_SAVED, signal_number=signal.SIGINT):
+        super().__init__(line)
+        self.signal_number = signal_number
+
+
+def stopped_again(stop, line):
+    """The same stop, with another line to end with: what was done before the program ends."""
+    return Stopped(line, signal_number_of(stop))
+
+
+def signal_number_of(stop):
+    """The signal that stop came by: Python's own KeyboardInterrupt comes by Ctrl-C's SIGINT."""
+    return getattr(stop, "signal_number", signal.SIGINT)
 
 
 def in_the_main_thread():
@@ -49,7 +75,7 @@ class StopSignals:
 
     def stop(self, signal_number, frame):
         set_handlers(self.found, do_nothing)
-        raise Stopped(signal.Signals(signal_number).name)
+        raise Stopped(signal_number=signal_number)
 
     def __exit__(self, *exception):
         for number, handler in self.found.items():
@@ -57,11 +83,12 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def deferred():
+def deferred(the_end=False):
     """Within: a stop signal waits, so that what runs here (a save) is not cut short; after, each that came goes to
     the handler found, as if it came then. Blocking the signal instead would not do: another thread could take it.
-    If the handler found is StopSignals' own and all went well, the program has done its work: a stop that came, or
-    comes later, has nothing left to stop, and does nothing."""
+    the_end: what runs here is the program's last work. If the handler found is StopSignals' own and all went well,
+    the program has then done its work: a stop that came, or comes later, has nothing left to stop, and does
+    nothing."""
     found = handlers_found() if in_the_main_thread() else {}
     came = []
     set_handlers(found, lambda signal_number, frame: came.append(signal_number))
@@ -70,7 +97,7 @@ def deferred():
         yield
         went_well = True
     finally:
-        done = {number for number, handler in found.items() if went_well and isinstance(
+        done = {number for number, handler in found.items() if the_end and went_well and isinstance(
             getattr(handler, "__self__", None), StopSignals)}
         for number, handler in found.items():
             signal.signal(number, do_nothing if number in done else handler)
@@ -83,3 +110,15 @@ def ignored_from_now_on():
     """The program has done its work: a stop signal during Python's own ending (a moment) would only add a traceback."""
     if in_the_main_thread():
         set_handlers(handlers_found(), signal.SIG_IGN)
+
+
+def end_as_the_signal_would(stop):
+    """End the process by stop's signal, with the system's default action, once its line is printed: a shell then
+    knows that its child was stopped (status 128 + the signal's number) and stops a loop."""
+    number = signal_number_of(stop)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or its reader gone: nothing more can be shown there
+            stream.flush()
+    signal.signal(number, signal.SIG_DFL)
+    signal.raise_signal(number)
+    os._exit(128 + number)  # only where the default action does not end the process (not on Linux or macOS)
