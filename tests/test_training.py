@@ -78,7 +78,10 @@ def runs(cifar_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def guide(cifar_dir):
     """{momentum: (weights, mean losses)} of the guide's loop with OPTIONS and that momentum."""
-    return {momentum: guide_training(cifar_dir, momentum) for momentum in MOMENTA}
+    # With step1.py's CPU convolutions: oneDNN's round differently, and with torch 2.6 that once flipped a choice in the
+    # network (momentum 0, sixth mini-batch), 4e-5 off in conv_layers.0.weight, beyond the tolerance below.
+    with step1.onednn(enabled=False):
+        return {momentum: guide_training(cifar_dir, momentum) for momentum in MOMENTA}
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)
