@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import cuda_graph
 import step1
-from conftest import gpu, run_step1, skip_md5, train
+from helpers import run_step1, skip_md5, train
 from model import MyNet
 
 
@@ -187,7 +187,7 @@ def gpu_run(cifar_dir, output, *extra):
     return lines[:-1], err, torch.load(output, weights_only=True)
 
 
-@gpu
+@pytest.mark.gpu
 def test_a_graphed_run_trains_as_an_eager_one(cifar_dir, tmp_path, monkeypatch):
     replays = []
     real_replay = torch.cuda.CUDAGraph.replay
@@ -203,7 +203,7 @@ def test_a_graphed_run_trains_as_an_eager_one(cifar_dir, tmp_path, monkeypatch):
         torch.testing.assert_close(graphed[name], tensor, msg=name)
 
 
-@gpu
+@pytest.mark.gpu
 def test_the_same_seed_gives_the_same_graphed_run(cifar_dir, tmp_path):
     first_lines, _, first = gpu_run(cifar_dir, tmp_path / "first.pth")
     again_lines, _, again = gpu_run(cifar_dir, tmp_path / "again.pth")
@@ -221,7 +221,7 @@ def refused_capture(message):
     return graph
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("where", ["at its start", "midway"])
 def test_a_capture_that_fails_on_the_gpu_is_one_warning_and_trains_as_usual(cifar_dir, tmp_path, monkeypatch, where):
     eager_lines, _, eager = gpu_run(cifar_dir, tmp_path / "eager.pth", "--no-cuda-graph")
@@ -248,7 +248,7 @@ def test_a_capture_that_fails_on_the_gpu_is_one_warning_and_trains_as_usual(cifa
         torch.testing.assert_close(weights[name], tensor, msg=name)
 
 
-@gpu
+@pytest.mark.gpu
 def test_a_capture_error_without_a_message_is_named_by_its_type(cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", refused_capture(""))
     _, err, _ = gpu_run(cifar_dir, tmp_path / "w.pth")
@@ -256,7 +256,7 @@ def test_a_capture_error_without_a_message_is_named_by_its_type(cifar_dir, tmp_p
                                 "training goes on without it"]
 
 
-@gpu
+@pytest.mark.gpu
 def test_a_batch_size_larger_than_the_data_takes_no_memory_for_it(cifar_dir, tmp_path):
     torch.cuda.reset_peak_memory_stats()
     lines, err, _ = gpu_run(cifar_dir, tmp_path / "w.pth", "--batch-size", "1000000000")  # 8 GB of positions before

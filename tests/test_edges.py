@@ -20,20 +20,25 @@ import urllib.request
 import pytest
 import torch
 import torchvision
-from test_safeguards import kept_instead, listing, refused_output, run_until_the_save, same_weights, signalled
 
 import failures
 import safe_saving
 import step1
 import stop_signals
-from conftest import (
+from helpers import (
     AS_ROOT,
     ROOT,
     as_a_user,
     earlier_weights,
+    kept_instead,
+    listing,
     python_command,
     readme_snippet,
+    refused_output,
     run_step1,
+    run_until_the_save,
+    same_weights,
+    signalled,
     skip_md5,
     train,
     write_cifar,

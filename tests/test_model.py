@@ -10,31 +10,8 @@ import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
 
-from conftest import ROOT
+from helpers import ROOT, GuideNet
 from model import CLASSES, MyNet
-
-
-class GuideNet(nn.Module):
-    """The guide's MyNet, layer for layer, to check that weights move both ways."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv_layers = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(6, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(12, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-        )
-        self.fc_layers = nn.Sequential(
-            nn.Dropout(p=0.1),
-            nn.Linear(384, 192), nn.ReLU(inplace=True),
-            nn.Linear(192, 96), nn.ReLU(inplace=True),
-            nn.Linear(96, 10),
-        )
-
-    def forward(self, x):
-        x = self.conv_layers(x)
-        x = x.view(-1, 24 * 4 * 4)
-        return self.fc_layers(x)
 
 
 def trained_a_little(model):

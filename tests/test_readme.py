@@ -11,7 +11,7 @@ import torchvision
 import torchvision.transforms as transforms
 from PIL import Image, ImageColor
 
-from conftest import CIFAR10_LABEL_NAMES, ROOT, readme_snippet, run_python
+from helpers import CIFAR10_LABEL_NAMES, ROOT, readme_snippet, run_python
 from model import CLASSES, MyNet
 
 

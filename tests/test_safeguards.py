@@ -2,7 +2,7 @@
 with the right cause and the next step. Plus what it refuses before training.
 
 CI runs as root. The tests make each case real wherever root can: a small tmpfs for a full disk, chown, chattr, a
-vanishing folder, real signals, and root's powers set aside (conftest.as_a_user) for what permissions refuse a user.
+vanishing folder, real signals, and root's powers set aside (helpers.as_a_user) for what permissions refuse a user.
 They simulate a failure only where that cannot be done, as on a machine where they do not run as root."""
 import contextlib
 import errno
@@ -29,42 +29,28 @@ import torchvision.datasets.utils
 
 import step1
 import stop_signals
-from conftest import (
+from helpers import (
     AS_ROOT,
+    LOSS_PATTERN,
     OFFLINE,
     ROOT,
     as_a_user,
     earlier_weights,
+    kept_instead,
+    listing,
+    parse,
     python_command,
+    refused_output,
     run_python,
     run_step1,
+    run_until_the_save,
+    same_weights,
+    signalled,
     skip_md5,
     train,
     write_cifar,
 )
 from model import MyNet
-from test_step1 import LOSS_PATTERN, parse
-
-
-def refused_output(cifar_dir, output):
-    """Run with a bad --output; return the error line, after checking nothing was read or trained."""
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
-    assert code == 2
-    assert lines == []  # not even the device: refused before reading anything
-    return err.splitlines()[-1]
-
-
-def listing(folder):
-    """Each entry of folder, with its type, permission bits and owner, and a regular file's bytes."""
-    return {entry.name: (entry.stat(follow_symlinks=False).st_mode, entry.stat(follow_symlinks=False).st_uid,
-                         entry.is_file(follow_symlinks=False) and pathlib.Path(entry.path).read_bytes())
-            for entry in os.scandir(folder)}
-
-
-def same_weights(path, expected):
-    """path holds exactly the weights of the state_dict expected."""
-    saved = torch.load(path, weights_only=True)
-    return list(saved) == list(expected) and all(torch.equal(saved[name], expected[name]) for name in expected)
 
 
 @contextlib.contextmanager
@@ -312,23 +298,6 @@ def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
 
 # Promise 1: nothing trained is lost. From the last update on, the weights end up in a file.
 
-def run_until_the_save(cifar_dir, output, before_the_save, *extra):
-    """A one-epoch run that calls before_the_save() as training ends; return its exit code, lines and error."""
-    real_accuracy = step1.accuracy
-    calls = []
-
-    def accuracy(*args):
-        calls.append(1)
-        if len(calls) == 2:  # the test accuracy of the last epoch: training is over
-            before_the_save()
-        return real_accuracy(*args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(step1, "accuracy", accuracy)
-        skip_md5(patch.setattr)
-        return run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1", *extra])
-
-
 def refuse_in(monkeypatch, place, name, path_of):
     """Make os.<name> fail with EPERM, as chattr makes it fail, where path_of(its arguments) is place or in it."""
     real = getattr(os, name)
@@ -340,15 +309,6 @@ def refuse_in(monkeypatch, place, name, path_of):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(os, name, refusing)
-
-
-def kept_instead(err, output, reason, temporary_folder):
-    """The one error line of a save that failed: it names the reason and the file that holds the weights instead."""
-    [error] = err.splitlines()
-    match = re.fullmatch(rf"error: could not save the weights to {re.escape(str(output))} \({re.escape(reason)}\); "
-                         rf"they are in ({re.escape(str(temporary_folder))}/my_network-\w+\.pth) instead", error)
-    assert match, error
-    return match[1]
 
 
 @pytest.mark.parametrize("cause", ["a full disk", "the folder removed", "the folder made read-only",
@@ -505,25 +465,6 @@ def test_ctrl_c_twice_under_timeout_which_passes_it_on_is_one_line(cifar_dir, tm
     assert err == "\ninterrupted: no weights were saved\n"
     assert output.read_bytes() == earlier
     assert os.listdir(tmp_path) == ["my_network.pth"]
-
-
-def signalled(monkeypatch, call, number, before=False):
-    """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
-    or a kill could come at that very moment. Returns the list of what call returned."""
-    module, name = call.rsplit(".", 1)
-    real = getattr(sys.modules[module], name)
-    returned = []
-
-    def signal_and_call(*args, **kwargs):
-        if before:
-            os.kill(os.getpid(), number)
-        returned.append(real(*args, **kwargs))
-        if not before:
-            os.kill(os.getpid(), number)
-        return returned[-1]
-
-    monkeypatch.setattr(sys.modules[module], name, signal_and_call)
-    return returned
 
 
 def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, monkeypatch, skip_md5_check):

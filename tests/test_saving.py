@@ -12,8 +12,8 @@ import torch
 
 import safe_saving
 import step1
-from conftest import AS_ROOT, earlier_weights, gpu, run_step1, skip_md5, without_capabilities
 from failures import Failure
+from helpers import AS_ROOT, earlier_weights, run_step1, skip_md5, without_capabilities
 from model import MyNet
 
 
@@ -84,7 +84,7 @@ def test_weights_on_a_gpu_are_saved_as_cpu_tensors_that_load_without_map_locatio
         assert torch.equal(loaded[name], tensor), name
 
 
-@gpu
+@pytest.mark.gpu
 def test_weights_trained_on_cuda_load_on_the_cpu_without_map_location(tmp_path):
     weights = {name: tensor.cuda() for name, tensor in some_weights().items()}
     output = tmp_path / "my_network.pth"

@@ -9,21 +9,21 @@ import torchvision
 import torchvision.transforms as transforms
 
 import step1
-from conftest import CIFAR10_LABEL_NAMES, TEST_IMAGES, TRAIN_IMAGES, run_step1, train
+from helpers import (
+    ACCURACY_PATTERN,
+    CIFAR10_LABEL_NAMES,
+    LOSS_PATTERN,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    parse,
+    run_step1,
+    train,
+)
 from model import MyNet
 
 LOSS_LINE = "Epoch : %2d, mini-batch : %4d, loss : %.3f"
 ACCURACY_LINE = "Epoch : %2d, training accuracy = %6.2f %%, test accuracy = %6.2f %%"
-LOSS_PATTERN = r"mini-batch : +(\d+), loss : (\d+\.\d+)"
-ACCURACY_PATTERN = r"training accuracy = +(\d+\.\d+) %, test accuracy = +(\d+\.\d+) %"
 CLASS_LINE = re.compile(r"  (\w+) +: (?: *(\d+\.\d\d) %|no test images)")
-
-
-def parse(line, pattern):
-    """The numbers of a printed line, checked against the guide's format by printing them again."""
-    match = re.fullmatch(r"Epoch : +(\d+), " + pattern, line)
-    assert match, line
-    return [int(match.group(1))] + [float(value) if "." in value else int(value) for value in match.groups()[1:]]
 
 
 def class_table(lines):

@@ -15,9 +15,8 @@ import torchvision.transforms as transforms
 
 import cuda_graph
 import step1
-from conftest import skip_md5, train
+from helpers import LOSS_PATTERN, parse, skip_md5, train
 from model import MyNet
-from test_step1 import LOSS_PATTERN, parse
 
 # Every training option away from its default: 40 images, 5 mini-batches of 8 an epoch, the loss after 2, 4 and 5.
 EPOCHS = 2
