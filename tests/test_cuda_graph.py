@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import cuda_graph
 import step1
-from helpers import run_step1, skip_md5, train
+from helpers import run_on_the_tiny_data, train
 from model import MyNet
 
 
@@ -177,11 +177,8 @@ def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch
 def gpu_run(cifar_dir, output, *extra):
     """A run on the GPU, on the tiny data set: 120 images in mini-batches of 25, so each epoch ends with a
     mini-batch of 20, an ordinary step. Returns its lines but the last (it has a time), error output and weights."""
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cuda",
-                                      "--epochs", "2", "--batch-size", "25", "--log-interval", "2", "--lr", "0.02",
-                                      *extra])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "2", "--batch-size", "25", "--log-interval",
+                                            "2", "--lr", "0.02", *extra, device="cuda")
     assert code == 0, err
     assert lines[-1].startswith("Saved the weights")
     return lines[:-1], err, torch.load(output, weights_only=True)

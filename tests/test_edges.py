@@ -35,11 +35,11 @@ from helpers import (
     python_command,
     readme_snippet,
     refused_output,
+    run_on_the_tiny_data,
     run_step1,
     run_until_the_save,
     same_weights,
     signalled,
-    skip_md5,
     train,
     write_cifar,
 )
@@ -197,10 +197,7 @@ def test_a_bind_mounted_output_keeps_the_weights_elsewhere_with_the_reason(cifar
 
         monkeypatch.setattr(os, "replace", busy)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            skip_md5(patch.setattr)
-            code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                      "--epochs", "1"])
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     finally:
         for path in mounted:
             subprocess.run(["umount", str(path)], check=True)
@@ -228,9 +225,7 @@ def test_a_hangup_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
     signalled(monkeypatch, "step1.accuracy", signal.SIGHUP, before=True)  # a closed terminal, training done
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     assert code == 1
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
     assert same_weights(output, one_epoch_weights)
@@ -241,9 +236,7 @@ def test_a_hangup_before_the_last_update_is_one_line_and_saves_nothing(cifar_dir
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     signalled(monkeypatch, "step1.to_float", signal.SIGHUP)  # the terminal closes, during the first step
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output)
     assert code == 1
     assert err == "\ninterrupted: no weights were saved\n"
     assert lines[-1] == "Training"
@@ -258,9 +251,8 @@ def test_an_error_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
         raise RuntimeError("a bug in the accuracy pass")
 
     monkeypatch.setattr(step1, "accuracy", broken)
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="a bug in the accuracy pass"):
-        skip_md5(patch.setattr)
-        run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    with pytest.raises(RuntimeError, match="a bug in the accuracy pass"):
+        run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     assert same_weights(output, one_epoch_weights)  # a bug shows whole, and the trained weights are kept
 
 
@@ -316,10 +308,7 @@ class ClosedAfter(io.StringIO):
 def test_standard_output_closed_after_the_last_update_saves_first(cifar_dir, tmp_path, one_epoch_weights):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"],
-                                 out=ClosedAfter("mini-batch :   12"))
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", out=ClosedAfter("mini-batch :   12"))
     assert code == 1
     assert err.splitlines() == [
         "error: could not print to the standard output (Broken pipe: the program reading the output has stopped; "
@@ -369,15 +358,12 @@ def test_main_puts_torchs_settings_back_however_it_ends(cifar_dir, tmp_path, mon
         signalled(monkeypatch, "step1.to_float", signal.SIGINT)
     elif ending == "stopped after the last update":
         signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, _, _ = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device", "cpu",
-                                "--epochs", "1", "--limit", "20"])
+    code, _, _ = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--limit", "20")
     assert code == (0 if ending == "trained" else 1)
     assert flags() == found
 
 
-def test_main_called_alone_leaves_the_signal_handlers_alone(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
+def test_main_called_alone_leaves_the_signal_handlers_alone(cifar_dir, tmp_path, monkeypatch):
     def mine(*_):
         pass
 
@@ -391,8 +377,8 @@ def test_main_called_alone_leaves_the_signal_handlers_alone(cifar_dir, tmp_path,
 
     monkeypatch.setattr(step1, "accuracy", accuracy)
     try:
-        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device", "cpu",
-                                  "--epochs", "1", "--limit", "20"], as_a_script=False)
+        code, _, err = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--limit", "20",
+                                            as_a_script=False)
         assert code == 0, err
         assert all(handler is mine for handlers in seen for handler in handlers.values())  # during the run too
     finally:
@@ -526,10 +512,7 @@ def test_a_stop_during_the_save_waits_for_it_and_the_run_ends_as_saved(cifar_dir
     earlier_weights(output)
     call = "safe_saving.save_weights" if when == "as the save begins" else "safe_saving.write_then_rename"
     signalled(monkeypatch, call, signal.SIGTERM, before=True)
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                      "--epochs", "1"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     assert code == 0, err
     assert err == ""
     assert lines[-1].startswith(f"Saved the weights to {output}")
@@ -549,14 +532,13 @@ def test_a_stop_after_a_save_that_kept_the_weights_elsewhere_still_names_where(c
 
 
 def test_main_alone_passes_a_stop_during_the_save_to_the_callers_handler(cifar_dir, tmp_path, monkeypatch,
-                                                                        skip_md5_check, one_epoch_weights):
+                                                                         one_epoch_weights):
     output = tmp_path / "my_network.pth"
     came = []
     found = signal.signal(signal.SIGTERM, lambda number, frame: came.append(number))
     try:
         signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGTERM, before=True)
-        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                  "--epochs", "1"], as_a_script=False)
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", as_a_script=False)
     finally:
         signal.signal(signal.SIGTERM, found)
     assert code == 0, err
@@ -564,13 +546,11 @@ def test_main_alone_passes_a_stop_during_the_save_to_the_callers_handler(cifar_d
     assert same_weights(output, one_epoch_weights)
 
 
-def test_a_hangup_that_nohup_ignores_stays_ignored(cifar_dir, tmp_path, monkeypatch, skip_md5_check,
-                                                    one_epoch_weights):
+def test_a_hangup_that_nohup_ignores_stays_ignored(cifar_dir, tmp_path, monkeypatch, one_epoch_weights):
     found = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup python step1.py` starts it
     try:
         signalled(monkeypatch, "step1.to_float", signal.SIGHUP)  # the terminal closes, during training
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device",
-                                      "cpu", "--epochs", "1"])
+        code, lines, err = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", "--epochs", "1")
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, found)
@@ -652,9 +632,7 @@ def test_a_stop_once_the_weights_are_saved_ends_as_saved(cifar_dir, tmp_path, mo
         signalled(monkeypatch, call, signal.SIGTERM)  # as the last line is written
 
     monkeypatch.setattr(safe_saving, "save_weights", save_then_stop_at_the_next_call)
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, _, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     assert code == 0, err
     assert "no weights were saved" not in err
     assert same_weights(output, one_epoch_weights)

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
 
-from helpers import ROOT, GuideNet
+from helpers import ROOT, GuideNet, guide_training
 from model import CLASSES, MyNet
 
 
@@ -171,7 +171,6 @@ def test_a_few_sgd_steps_learn_an_easy_problem():
     images = (colours[labels][:, :, None, None] + 0.05 * torch.randn(200, 3, 32, 32)).clamp(0, 1)
     model = MyNet()
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def loss_and_accuracy():
         model.eval()
@@ -180,12 +179,7 @@ def test_a_few_sgd_steps_learn_an_easy_problem():
         return criterion(outputs, labels).item(), (outputs.argmax(dim=1) == labels).float().mean().item()
 
     initial_loss, _ = loss_and_accuracy()
-    model.train()
-    for _ in range(8):  # epochs
-        for batch in torch.randperm(200).split(10):
-            optimizer.zero_grad()
-            criterion(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
+    guide_training(model, images, labels, epochs=8, batch_size=10, lr=0.01, momentum=0.9, log_interval=20)
     final_loss, accuracy = loss_and_accuracy()
     assert final_loss < initial_loss / 2
     assert accuracy > 0.5  # chance is 0.1

@@ -41,12 +41,12 @@ from helpers import (
     parse,
     python_command,
     refused_output,
+    run_on_the_tiny_data,
     run_python,
     run_step1,
     run_until_the_save,
     same_weights,
     signalled,
-    skip_md5,
     train,
     write_cifar,
 )
@@ -411,11 +411,10 @@ def test_a_save_that_fails_tries_the_temporary_then_the_current_then_the_home_fo
 
 # Divergence: nothing that is not a number is ever saved
 
-def test_a_loss_that_is_no_longer_a_number_stops_the_run(cifar_dir, tmp_path, skip_md5_check):
+def test_a_loss_that_is_no_longer_a_number_stops_the_run(cifar_dir, tmp_path):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                  "--lr", "1e6", "--epochs", "3", "--log-interval", "1"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--lr", "1e6", "--epochs", "3", "--log-interval", "1")
     assert code != 0
     [error] = err.splitlines()
     match = re.fullmatch(r"error: the loss or the weights became nan or inf by epoch 0, mini-batch (\d+): the training "
@@ -428,12 +427,11 @@ def test_a_loss_that_is_no_longer_a_number_stops_the_run(cifar_dir, tmp_path, sk
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_weights_ruined_by_the_last_update_are_not_saved(cifar_dir, tmp_path, skip_md5_check):
+def test_weights_ruined_by_the_last_update_are_not_saved(cifar_dir, tmp_path):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     # One mini-batch: its loss, computed before the update, is a number; the update is what ruins the weights.
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                  "--limit", "10", "--epochs", "1", "--lr", "1e300"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--limit", "10", "--epochs", "1", "--lr", "1e300")
     assert code == 1
     assert err.splitlines() == ["error: the loss or the weights became nan or inf by epoch 0, mini-batch 1: the "
                                 "training diverged. Try a smaller --lr than 1e+300. Nothing was saved."]
@@ -467,7 +465,7 @@ def test_ctrl_c_twice_under_timeout_which_passes_it_on_is_one_line(cifar_dir, tm
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
+def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     calls = []
@@ -480,8 +478,7 @@ def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, mon
         return real_to_float(images)
 
     monkeypatch.setattr(step1, "to_float", to_float_killed_in_the_11th_step)
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                  "--epochs", "1"])  # 12 mini-batches: stopped in the 11th
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")  # 12 mini-batches: stopped in the 11th
     assert code == 1
     assert err == "\ninterrupted: no weights were saved\n"
     assert lines[-1] == "Training"
@@ -490,15 +487,14 @@ def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, mon
 
 
 @pytest.mark.parametrize("signals", [1, 2])
-def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_path, monkeypatch, skip_md5_check,
-                                                              one_epoch_weights, signals):
+def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_path, monkeypatch, one_epoch_weights,
+                                                              signals):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
     accuracies = signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)  # the last update is done
     if signals == 2:  # the second comes during the save
         signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True)
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                  "--epochs", "1"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     assert code == 1
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
     assert "mini-batch :   12" in lines[-1]  # the accuracy lines were skipped
@@ -507,11 +503,11 @@ def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_pat
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
+def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     signalled(monkeypatch, "os.replace", signal.SIGTERM)
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
     assert code == 0, err
     assert err == ""
     assert lines[-1].startswith(f"Saved the weights to {output}")
@@ -519,11 +515,11 @@ def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, m
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
+def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     returned = signalled(monkeypatch, "tempfile.TemporaryFile", signal.SIGTERM)
-    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output)
     for file in returned:  # the kill kept it from being closed: the process's end would close it
         file.close()
     assert code == 1
@@ -589,10 +585,7 @@ def test_main_leaves_the_signal_handlers_as_it_found_them(cifar_dir, tmp_path, e
                                             lambda: shutil.rmtree(tmp_path / "run"))
             assert code == 1
         else:
-            with pytest.MonkeyPatch.context() as patch:
-                skip_md5(patch.setattr)
-                code, _, _ = run_step1(["--data-dir", cifar_dir, "--output", str(tmp_path / "w.pth"), "--device",
-                                        "cpu", "--epochs", "1", *extra])
+            code, _, _ = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", "--epochs", "1", *extra)
             assert code == (1 if extra else 0)
         assert all(signal.getsignal(number) is mine for number in stop_signals.STOP_SIGNALS)
     finally:

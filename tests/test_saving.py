@@ -13,7 +13,7 @@ import torch
 import safe_saving
 import step1
 from failures import Failure
-from helpers import AS_ROOT, earlier_weights, run_step1, skip_md5, without_capabilities
+from helpers import AS_ROOT, earlier_weights, run_on_the_tiny_data, run_step1, without_capabilities
 from model import MyNet
 
 
@@ -153,10 +153,7 @@ def test_ctrl_c_then_a_kill_after_the_last_update_still_saves_the_weights_first(
         return real_accuracy(*args)
 
     monkeypatch.setattr(step1, "accuracy", two_stops_then_accuracy)
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu",
-                                      "--epochs", "1", "--limit", "10"])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", "--limit", "10")
     assert code == 1
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
     assert output.read_bytes() != earlier

@@ -9,13 +9,12 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-import torch.optim as optim
 import torchvision
 import torchvision.transforms as transforms
 
 import cuda_graph
 import step1
-from helpers import LOSS_PATTERN, parse, skip_md5, train
+from helpers import LOSS_PATTERN, guide_training, parse, skip_md5, train
 from model import MyNet
 
 # Every training option away from its default: 40 images, 5 mini-batches of 8 an epoch, the loss after 2, 4 and 5.
@@ -29,9 +28,9 @@ OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE), "--lr", str
            str(LOG_INTERVAL), "--limit", str(LIMIT), "--seed", str(SEED)]
 
 
-def guide_training(cifar_dir, momentum):
-    """The guide's loop on the first LIMIT training images, with step1.py's order of mini-batches (torch.randperm
-    each epoch). Returns the weights and the mean losses it would print, by (epoch, mini-batch)."""
+def guide_training_with_the_options(cifar_dir, momentum):
+    """The guide's loop on the first LIMIT training images (ToTensor() images, as the guide reads them), with OPTIONS
+    and that momentum. Returns the weights and the mean losses it would print, by (epoch, mini-batch)."""
     with pytest.MonkeyPatch.context() as patch:
         skip_md5(patch.setattr)
         dataset = torchvision.datasets.CIFAR10(cifar_dir, train=True, transform=transforms.ToTensor())
@@ -39,23 +38,7 @@ def guide_training(cifar_dir, momentum):
     labels = torch.tensor(dataset.targets[:LIMIT])
     torch.manual_seed(SEED)
     model = MyNet()
-    criterion = nn.CrossEntropyLoss()
-    optimizer = optim.SGD(model.parameters(), lr=LR, momentum=momentum)
-    losses = {}
-    for epoch in range(EPOCHS):
-        model.train()
-        running_loss = 0.0
-        batches = torch.randperm(LIMIT).split(BATCH_SIZE)
-        for i, batch in enumerate(batches):
-            optimizer.zero_grad()
-            loss = criterion(model(images[batch]), labels[batch])
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()
-            if (i + 1) % LOG_INTERVAL == 0 or i + 1 == len(batches):
-                losses[epoch, i + 1] = running_loss / (i % LOG_INTERVAL + 1)
-                running_loss = 0.0
-        model.eval()  # as the guide measures the accuracy after each epoch (eval mode draws no random numbers)
+    losses = guide_training(model, images, labels, EPOCHS, BATCH_SIZE, LR, momentum, LOG_INTERVAL)
     return model.state_dict(), losses
 
 
@@ -77,7 +60,7 @@ def runs(cifar_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def guide(cifar_dir):
     """{momentum: (weights, mean losses)} of the guide's loop with OPTIONS and that momentum."""
-    return {momentum: guide_training(cifar_dir, momentum) for momentum in MOMENTA}
+    return {momentum: guide_training_with_the_options(cifar_dir, momentum) for momentum in MOMENTA}
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)
