@@ -328,25 +328,3 @@ def guide_training(model, images, labels, epochs, batch_size, lr, momentum, log_
                 running_loss = 0.0
         model.eval()
     return losses
-
-
-# What step1.py prints
-
-
-LOSS_PATTERN = r"mini-batch : +(\d+), loss : (\d+\.\d+)"
-ACCURACY_PATTERN = r"training accuracy = +(\d+\.\d+) %, test accuracy = +(\d+\.\d+) %"
-
-
-def parse(line, pattern):
-    """The numbers of a printed line, checked against the guide's format by printing them again."""
-    match = re.fullmatch(r"Epoch : +(\d+), " + pattern, line)
-    assert match, line
-    return [int(match.group(1))] + [float(value) if "." in value else int(value) for value in match.groups()[1:]]
-
-
-def readme_snippet(containing):
-    """The one ```python block of the README that contains the given text."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as file:
-        readme = file.read()
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if containing in block]
-    return snippet

@@ -1,8 +1,9 @@
-"""The training step replayed as a CUDA graph (cuda_graph.replayed_as_cuda_graph).
+"""cuda_graph.py: the training step replayed as a CUDA graph (replayed_as_cuda_graph), and when step1.py uses it.
 
 The first tests run anywhere: they stand in for torch.cuda's graph calls on the CPU, to check what the helper
-does with them (warm-up, capture, which steps replay, a capture that fails). The tests marked `gpu` run the real
-thing; they need an NVIDIA GPU and are skipped without one (CI has none): ../shared/bench/gpu_check.sh runs them.
+does with them (warm-up, capture, which steps replay, a capture that fails), and which runs of step1.py ask for a
+graph (--cuda-graph, --no-cuda-graph, the CPU). The tests marked `gpu` run the real thing; they need an NVIDIA GPU
+and are skipped without one (CI has none): ../shared/bench/gpu_check.sh runs them.
 """
 import contextlib
 import functools
@@ -98,7 +99,6 @@ def training(seed=0):
     return model, running_loss, training_step
 
 
-# Full mini-batches of 10, and some of another size, among the warm-up steps and after the capture.
 BATCH_SIZES = [10, 4, 10, 10, 10, 10, 6, 10, 10, 10]
 
 
@@ -163,6 +163,9 @@ def test_the_full_size_is_the_first_mini_batch_s_not_the_option_s(monkeypatch):
     assert (fakes.captures, fakes.replays) == (1, 2)  # warm-up on the first three, replays of 60 images after
 
 
+# When step1.py asks for a graph
+
+
 def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch):
     def no_graph(*args):
         raise AssertionError("a CUDA graph on the CPU")
@@ -172,7 +175,28 @@ def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch
     assert lines[0] == "Device            : cpu"
 
 
+@pytest.mark.parametrize("flag, graphed", [([], True), (["--cuda-graph"], True), (["--no-cuda-graph"], False)],
+                         ids=["by default", "--cuda-graph", "--no-cuda-graph"])
+def test_on_cuda_the_step_is_graphed_unless_no_cuda_graph(cifar_dir, tmp_path, monkeypatch, flag, graphed):
+    """Runs anywhere: a device that says it is CUDA (its tensors stay on the CPU), and the graph left out."""
+    class CudaForTheTest(str):
+        type = "cuda"
+
+    wrapped = []
+
+    def recording(training_step, device):
+        wrapped.append(device.type)
+        return training_step
+
+    monkeypatch.setattr(step1, "device_option", lambda name: CudaForTheTest("cpu"))
+    monkeypatch.setattr(cuda_graph, "replayed_as_cuda_graph", recording)
+    lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--limit", "10", *flag)
+    assert wrapped == (["cuda"] if graphed else [])
+    assert lines[-1].startswith("Saved the weights")
+
+
 # On an NVIDIA GPU
+
 
 def gpu_run(cifar_dir, output, *extra):
     """A run on the GPU, on the tiny data set: 120 images in mini-batches of 25, so each epoch ends with a
