@@ -243,8 +243,3 @@ def test_the_requirements_ask_for_the_pillow_that_the_picture_snippet_needs():
     with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as file:
         requirements = file.read()
     assert re.search(r"^pillow>=10\.1\b", requirements, re.M | re.I)
-
-
-def test_the_readme_stays_within_its_word_budget():
-    with open(f"{ROOT}/README.md", encoding="utf-8") as readme:
-        assert len(readme.read().split()) <= 3000  # as `wc -w` counts
