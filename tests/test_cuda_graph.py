@@ -1,8 +1,9 @@
-"""The training step replayed as a CUDA graph (cuda_graph.replayed_as_cuda_graph).
+"""cuda_graph.py: the training step replayed as a CUDA graph (replayed_as_cuda_graph), and when step1.py uses it.
 
 The first tests run anywhere: they stand in for torch.cuda's graph calls on the CPU, to check what the helper
-does with them (warm-up, capture, which steps replay, a capture that fails). The tests marked `gpu` run the real
-thing; they need an NVIDIA GPU and are skipped without one (CI has none): ../shared/bench/gpu_check.sh runs them.
+does with them (warm-up, capture, which steps replay, a capture that fails), and which runs of step1.py ask for a
+graph (--cuda-graph, --no-cuda-graph, the CPU). The tests marked `gpu` run the real thing; they need an NVIDIA GPU
+and are skipped without one (CI has none): ../shared/bench/gpu_check.sh runs them.
 """
 import contextlib
 import functools
@@ -13,7 +14,7 @@ import torch.nn as nn
 
 import cuda_graph
 import step1
-from conftest import gpu, run_step1, skip_md5, train
+from helpers import run_on_the_tiny_data, train
 from model import MyNet
 
 
@@ -98,7 +99,6 @@ def training(seed=0):
     return model, running_loss, training_step
 
 
-# Full mini-batches of 10, and some of another size, among the warm-up steps and after the capture.
 BATCH_SIZES = [10, 4, 10, 10, 10, 10, 6, 10, 10, 10]
 
 
@@ -163,6 +163,9 @@ def test_the_full_size_is_the_first_mini_batch_s_not_the_option_s(monkeypatch):
     assert (fakes.captures, fakes.replays) == (1, 2)  # warm-up on the first three, replays of 60 images after
 
 
+# When step1.py asks for a graph
+
+
 def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch):
     def no_graph(*args):
         raise AssertionError("a CUDA graph on the CPU")
@@ -172,22 +175,40 @@ def test_no_graph_on_the_cpu_or_when_turned_off(cifar_dir, tmp_path, monkeypatch
     assert lines[0] == "Device            : cpu"
 
 
+@pytest.mark.parametrize("flag, graphed", [([], True), (["--cuda-graph"], True), (["--no-cuda-graph"], False)],
+                         ids=["by default", "--cuda-graph", "--no-cuda-graph"])
+def test_on_cuda_the_step_is_graphed_unless_no_cuda_graph(cifar_dir, tmp_path, monkeypatch, flag, graphed):
+    """Runs anywhere: a device that says it is CUDA (its tensors stay on the CPU), and the graph left out."""
+    class CudaForTheTest(str):
+        type = "cuda"
+
+    wrapped = []
+
+    def recording(training_step, device):
+        wrapped.append(device.type)
+        return training_step
+
+    monkeypatch.setattr(step1, "device_option", lambda name: CudaForTheTest("cpu"))
+    monkeypatch.setattr(cuda_graph, "replayed_as_cuda_graph", recording)
+    lines = train(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--limit", "10", *flag)
+    assert wrapped == (["cuda"] if graphed else [])
+    assert lines[-1].startswith("Saved the weights")
+
+
 # On an NVIDIA GPU
+
 
 def gpu_run(cifar_dir, output, *extra):
     """A run on the GPU, on the tiny data set: 120 images in mini-batches of 25, so each epoch ends with a
     mini-batch of 20, an ordinary step. Returns its lines but the last (it has a time), error output and weights."""
-    with pytest.MonkeyPatch.context() as patch:
-        skip_md5(patch.setattr)
-        code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cuda",
-                                      "--epochs", "2", "--batch-size", "25", "--log-interval", "2", "--lr", "0.02",
-                                      *extra])
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "2", "--batch-size", "25", "--log-interval",
+                                            "2", "--lr", "0.02", *extra, device="cuda")
     assert code == 0, err
     assert lines[-1].startswith("Saved the weights")
     return lines[:-1], err, torch.load(output, weights_only=True)
 
 
-@gpu
+@pytest.mark.gpu
 def test_a_graphed_run_trains_as_an_eager_one(cifar_dir, tmp_path, monkeypatch):
     replays = []
     real_replay = torch.cuda.CUDAGraph.replay
@@ -203,7 +224,7 @@ def test_a_graphed_run_trains_as_an_eager_one(cifar_dir, tmp_path, monkeypatch):
         torch.testing.assert_close(graphed[name], tensor, msg=name)
 
 
-@gpu
+@pytest.mark.gpu
 def test_the_same_seed_gives_the_same_graphed_run(cifar_dir, tmp_path):
     first_lines, _, first = gpu_run(cifar_dir, tmp_path / "first.pth")
     again_lines, _, again = gpu_run(cifar_dir, tmp_path / "again.pth")
@@ -221,7 +242,7 @@ def refused_capture(message):
     return graph
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("where", ["at its start", "midway"])
 def test_a_capture_that_fails_on_the_gpu_is_one_warning_and_trains_as_usual(cifar_dir, tmp_path, monkeypatch, where):
     eager_lines, _, eager = gpu_run(cifar_dir, tmp_path / "eager.pth", "--no-cuda-graph")
@@ -248,7 +269,7 @@ def test_a_capture_that_fails_on_the_gpu_is_one_warning_and_trains_as_usual(cifa
         torch.testing.assert_close(weights[name], tensor, msg=name)
 
 
-@gpu
+@pytest.mark.gpu
 def test_a_capture_error_without_a_message_is_named_by_its_type(cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", refused_capture(""))
     _, err, _ = gpu_run(cifar_dir, tmp_path / "w.pth")
@@ -256,7 +277,7 @@ def test_a_capture_error_without_a_message_is_named_by_its_type(cifar_dir, tmp_p
                                 "training goes on without it"]
 
 
-@gpu
+@pytest.mark.gpu
 def test_a_batch_size_larger_than_the_data_takes_no_memory_for_it(cifar_dir, tmp_path):
     torch.cuda.reset_peak_memory_stats()
     lines, err, _ = gpu_run(cifar_dir, tmp_path / "w.pth", "--batch-size", "1000000000")  # 8 GB of positions before

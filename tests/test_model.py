@@ -1,3 +1,6 @@
+"""model.py: MyNet beside the guide's network (its layers, parameter count, state_dict names and shapes, weights
+that load both ways), its ten scores per image, SGD that trains it, the advice its input checks give for each kind
+of wrong input, TorchScript and torch.export, CLASSES, and what importing model.py does."""
 import re
 import subprocess
 import sys
@@ -10,31 +13,8 @@ import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
 
-from conftest import ROOT
+from helpers import ROOT, GuideNet, guide_training
 from model import CLASSES, MyNet
-
-
-class GuideNet(nn.Module):
-    """The guide's MyNet, layer for layer, to check that weights move both ways."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv_layers = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(6, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-            nn.Conv2d(12, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-        )
-        self.fc_layers = nn.Sequential(
-            nn.Dropout(p=0.1),
-            nn.Linear(384, 192), nn.ReLU(inplace=True),
-            nn.Linear(192, 96), nn.ReLU(inplace=True),
-            nn.Linear(96, 10),
-        )
-
-    def forward(self, x):
-        x = self.conv_layers(x)
-        x = x.view(-1, 24 * 4 * 4)
-        return self.fc_layers(x)
 
 
 def trained_a_little(model):
@@ -44,6 +24,9 @@ def trained_a_little(model):
             if tensor.is_floating_point():
                 tensor.add_(torch.randn_like(tensor) * 0.1).abs_()
     return model
+
+
+# The guide's network
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -91,6 +74,31 @@ def test_weights_move_between_the_guides_network_and_ours(source, target):
         assert not torch.equal(target().eval()(images), expected)  # the weights really changed something
 
 
+def test_a_few_sgd_steps_learn_an_easy_problem():
+    torch.manual_seed(0)
+    # Each class is a flat image of its own colour, plus noise: easy to learn.
+    labels = torch.arange(10).repeat(20)
+    colours = torch.rand(10, 3)
+    images = (colours[labels][:, :, None, None] + 0.05 * torch.randn(200, 3, 32, 32)).clamp(0, 1)
+    model = MyNet()
+    criterion = nn.CrossEntropyLoss()
+
+    def loss_and_accuracy():
+        model.eval()
+        with torch.no_grad():
+            outputs = model(images)
+        return criterion(outputs, labels).item(), (outputs.argmax(dim=1) == labels).float().mean().item()
+
+    initial_loss, _ = loss_and_accuracy()
+    guide_training(model, images, labels, epochs=8, batch_size=10, lr=0.01, momentum=0.9, log_interval=20)
+    final_loss, accuracy = loss_and_accuracy()
+    assert final_loss < initial_loss / 2
+    assert accuracy > 0.5  # chance is 0.1
+
+
+# The input checks: advice that fits each wrong input
+
+
 @pytest.mark.parametrize("shape, advice", [
     ((3, 32, 32), "a single image needs a batch dimension: image.unsqueeze(0)"),
     ((3, 64, 48), "a single image needs a batch dimension, image.unsqueeze(0), and 32 x 32 pixels"),
@@ -123,6 +131,33 @@ def test_following_the_advice_gives_an_input_that_works(shape):
     assert MyNet().eval()(fixed).shape == (1, 10)
 
 
+CHANNELS_LAST = "the channels come last here"
+
+
+@pytest.mark.parametrize("shape, advice", [
+    pytest.param((2, 3, 32, 3), "resize the images to 32 x 32 pixels first", id="2x3x32x3"),
+    pytest.param((1, 3, 64, 4), "resize the images to 32 x 32 pixels first", id="1x3x64x4"),
+    pytest.param((2, 1, 28, 1), "grey images need 3 channels", id="2x1x28x1"),
+    pytest.param((2, 4, 32, 3), "drop the transparency channel", id="2x4x32x3"),
+    pytest.param((3, 28, 3), "a single image needs a batch dimension, image.unsqueeze(0), and 32 x 32 pixels",
+                 id="3x28x3"),
+])
+def test_channels_first_images_whose_width_is_1_3_or_4_are_not_called_channels_last(shape, advice):
+    """The third dimension from the end holds their channels; the last one is only a narrow width."""
+    with pytest.raises(ValueError) as error:
+        MyNet()(torch.rand(shape))
+    assert CHANNELS_LAST not in str(error.value)
+    assert advice in str(error.value)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 32, 32), (2, 6, 32, 32)], ids=["2 channels", "6 channels"])
+def test_a_channel_count_no_image_has_gets_the_general_advice(shape):
+    """Not grey, colour or transparent images: the advice for those would be a guess."""
+    with pytest.raises(ValueError) as error:
+        MyNet()(torch.rand(shape))
+    assert str(error.value).endswith(": a batch of N colour images of 32 x 32 pixels, channels first")
+
+
 @pytest.mark.parametrize("dtype, advice", [
     (torch.uint8, "convert integer pixels (0 to 255) as transforms.ToTensor() does: images.float() / 255"),
     (torch.int64, "convert integer pixels (0 to 255) as transforms.ToTensor() does: images.float() / 255"),
@@ -146,6 +181,26 @@ def test_the_advice_for_float64_pixels_works():
     with torch.no_grad():
         assert torch.equal(model(images.float()), model(images.to(torch.float32)))
     assert model.double()(images).dtype == torch.float64  # a float64 network takes float64 pixels
+
+
+@pytest.mark.parametrize("kind, advice", [
+    ("a NumPy array", "torch.from_numpy(array)"),
+    ("a PIL image", "transforms.ToTensor()(picture).unsqueeze(0)"),
+    ("a list of tensors", "torch.stack(images)"),
+])
+def test_mynet_on_what_is_not_a_tensor_gets_advice(kind, advice):
+    from PIL import Image
+
+    value = {"a NumPy array": lambda: torch.zeros(1, 32, 32, 3).numpy(),
+             "a PIL image": lambda: Image.new("RGB", (32, 32)),
+             "a list of tensors": lambda: [torch.zeros(3, 32, 32)]}[kind]()
+    with pytest.raises(TypeError) as raised:
+        MyNet()(value)
+    assert str(raised.value).startswith("MyNet expects a batch of images as a tensor, got a ")
+    assert advice in str(raised.value)
+
+
+# TorchScript and torch.export
 
 
 def test_torchscript_keeps_the_outputs_and_the_checks():
@@ -174,6 +229,9 @@ def test_torch_export_with_a_dynamic_batch_size():
             assert torch.allclose(exported.module()(images), model(images), atol=1e-6)
 
 
+# CLASSES, and importing model.py
+
+
 def test_classes_are_cifar10s_in_torchvisions_order(cifar_dir, skip_md5_check):
     assert torchvision.datasets.CIFAR10(cifar_dir, train=False).classes == list(CLASSES)
 
@@ -184,31 +242,3 @@ def test_importing_model_prints_nothing_and_leaves_torchvision_alone():
         cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout == ""
     assert result.stderr == "False"
-
-
-def test_a_few_sgd_steps_learn_an_easy_problem():
-    torch.manual_seed(0)
-    # Each class is a flat image of its own colour, plus noise: easy to learn.
-    labels = torch.arange(10).repeat(20)
-    colours = torch.rand(10, 3)
-    images = (colours[labels][:, :, None, None] + 0.05 * torch.randn(200, 3, 32, 32)).clamp(0, 1)
-    model = MyNet()
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def loss_and_accuracy():
-        model.eval()
-        with torch.no_grad():
-            outputs = model(images)
-        return criterion(outputs, labels).item(), (outputs.argmax(dim=1) == labels).float().mean().item()
-
-    initial_loss, _ = loss_and_accuracy()
-    model.train()
-    for _ in range(8):  # epochs
-        for batch in torch.randperm(200).split(10):
-            optimizer.zero_grad()
-            criterion(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    final_loss, accuracy = loss_and_accuracy()
-    assert final_loss < initial_loss / 2
-    assert accuracy > 0.5  # chance is 0.1

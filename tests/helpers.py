@@ -1,0 +1,333 @@
+"""What several test files use: a tiny CIFAR-10 folder in torchvision's layout and the md5 check it needs skipped,
+ways to run step1.py (in this process, or as `python step1.py` would), an earlier weights file for step1.py to keep
+or replace, root's powers set aside, the guide's network and training loop, and checks of saved weights and files."""
+import contextlib
+import ctypes
+import errno
+import io
+import os
+import pathlib
+import pickle
+import re
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import torchvision.datasets.cifar as cifar
+from torch.utils.data import DataLoader, TensorDataset
+
+import failures
+import step1
+import stop_signals
+from model import MyNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The label names of the real CIFAR-10, in the order of its batches.meta, which torchvision reads.
+CIFAR10_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+TRAIN_PER_BATCH = 24  # 5 batches: 120 training images
+TRAIN_IMAGES = 5 * TRAIN_PER_BATCH
+TEST_IMAGES = 64  # the README's picture of predictions shows the first 64
+
+
+def write_cifar(root, seed=0):
+    """Write a small CIFAR-10 look-alike under root/cifar-10-batches-py, as torchvision expects it.
+
+    Each class has its own mean colour, so a network can learn something from it.
+    """
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    colours = rng.integers(40, 216, size=(10, 3))
+
+    def batch(count, name):
+        labels = rng.integers(0, 10, size=count)
+        noise = rng.integers(-40, 40, size=(count, 3, 32 * 32))
+        pixels = (colours[labels][:, :, None] + noise).clip(0, 255).astype(np.uint8)
+        # CIFAR-10 stores each image as 1024 red, then 1024 green, then 1024 blue bytes.
+        return {"data": pixels.reshape(count, 3072), "labels": labels.tolist(), "batch_label": name}
+
+    for number in range(1, 6):
+        with open(os.path.join(folder, f"data_batch_{number}"), "wb") as file:
+            pickle.dump(batch(TRAIN_PER_BATCH, f"training batch {number} of 5"), file)
+    with open(os.path.join(folder, "test_batch"), "wb") as file:
+        pickle.dump(batch(TEST_IMAGES, "testing batch 1 of 1"), file)
+    with open(os.path.join(folder, "batches.meta"), "wb") as file:
+        pickle.dump({"label_names": CIFAR10_LABEL_NAMES, "num_cases_per_batch": TRAIN_PER_BATCH, "num_vis": 3072}, file)
+    return root
+
+
+def skip_md5(setattr=setattr):
+    """torchvision checks the md5 of the original CIFAR-10 files; ours are not those.
+
+    Give monkeypatch.setattr in a test; a child process (see python_command) calls it as it is."""
+    setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+
+
+# Running step1.py
+
+
+def run_step1(args, as_a_script=True, out=None):
+    """Run step1.py's main(args) here, as `python step1.py` runs it (its stop signals, and one line for a failure)
+    unless as_a_script is false, its standard output going to out if given; return its exit code, printed lines and
+    error output."""
+    out = out or io.StringIO()
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if as_a_script:
+                with stop_signals.StopSignals(), failures.one_line_for_failures():
+                    step1.main(args)
+            else:
+                step1.main(args)
+        except SystemExit as exit:
+            code = exit.code
+            if isinstance(code, str):  # sys.exit("message") prints the message and exits with 1
+                print(code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt as stop:  # python step1.py would end by its signal: as subprocess says it, negative
+            code = -stop_signals.signal_number_of(stop)
+    return code, out.getvalue().splitlines(), err.getvalue()
+
+
+def run_on_the_tiny_data(cifar_dir, output, *extra, device="cpu", as_a_script=True, out=None):
+    """run_step1 on the tiny data set (its md5 check skipped) on device, saving to output, with the extra options;
+    returns its exit code, printed lines and error output."""
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch.setattr)
+        return run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", device, *extra],
+                         as_a_script=as_a_script, out=out)
+
+
+def train(cifar_dir, output, *extra):
+    """A run of step1.py on the tiny data set that must succeed; returns its printed lines."""
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *extra)
+    assert code == 0, err
+    return lines
+
+
+def run_until_the_save(cifar_dir, output, before_the_save, *extra):
+    """A one-epoch run that calls before_the_save() as training ends; return its exit code, lines and error."""
+    real_accuracy = step1.accuracy
+    calls = []
+
+    def accuracy(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the test accuracy of the last epoch: training is over
+            before_the_save()
+        return real_accuracy(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step1, "accuracy", accuracy)
+        return run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", *extra)
+
+
+def refused_output(cifar_dir, output):
+    """Run with a bad --output; return the error line, after checking nothing was read or trained."""
+    code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])
+    assert code == 2
+    assert lines == []  # not even the device: refused before reading anything
+    return err.splitlines()[-1]
+
+
+def signalled(monkeypatch, call, number, before=False):
+    """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
+    or a kill could come at that very moment. Returns the list of what call returned."""
+    module, name = call.rsplit(".", 1)
+    real = getattr(sys.modules[module], name)
+    returned = []
+
+    def signal_and_call(*args, **kwargs):
+        if before:
+            os.kill(os.getpid(), number)
+        returned.append(real(*args, **kwargs))
+        if not before:
+            os.kill(os.getpid(), number)
+        return returned[-1]
+
+    monkeypatch.setattr(sys.modules[module], name, signal_and_call)
+    return returned
+
+
+def python_command(script, *args, md5=False):
+    """The command that runs script as `python script args` would, here with the md5 check skipped
+    unless md5 is true. The child imports this file, so it finds model.py as a user's script would."""
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
+            + ("" if md5 else "helpers.skip_md5(); ")
+            + "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
+    return [sys.executable, "-c", code, os.path.dirname(__file__), script, *map(str, args)]
+
+
+# With no way out: a download fails at once, wherever the tests run.
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+
+
+def run_python(script, *args, cwd, md5=False, env=None, timeout=120):
+    return subprocess.run(python_command(script, *args, md5=md5), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+
+
+# Files, and what they hold
+
+
+def earlier_weights(path):
+    """Write MyNet's weights to path, as a run before this one did; return the file's bytes."""
+    torch.save(MyNet().state_dict(), path)
+    return path.read_bytes()
+
+
+def same_weights(path, expected):
+    """path holds exactly the weights of the state_dict expected."""
+    saved = torch.load(path, weights_only=True)
+    return list(saved) == list(expected) and all(torch.equal(saved[name], expected[name]) for name in expected)
+
+
+def listing(folder):
+    """Each entry of folder, with its type, permission bits and owner, and a regular file's bytes."""
+    return {entry.name: (entry.stat(follow_symlinks=False).st_mode, entry.stat(follow_symlinks=False).st_uid,
+                         entry.is_file(follow_symlinks=False) and pathlib.Path(entry.path).read_bytes())
+            for entry in os.scandir(folder)}
+
+
+def kept_instead(err, output, reason, temporary_folder):
+    """The one error line of a save that failed: it names the reason and the file that holds the weights instead."""
+    [error] = err.splitlines()
+    match = re.fullmatch(rf"error: could not save the weights to {re.escape(str(output))} \({re.escape(reason)}\); "
+                         rf"they are in ({re.escape(str(temporary_folder))}/my_network-\w+\.pth) instead", error)
+    assert match, error
+    return match[1]
+
+
+# Root's powers, set aside
+
+
+AS_ROOT = os.geteuid() == 0
+
+
+class CapabilityHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapabilitySets(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextlib.contextmanager
+def without_capabilities(capabilities):
+    """Within, where the tests run as root: this thread without the given capabilities (a bit mask), so that the
+    system refuses it, for real, what it refuses a user's process, which never has them. Elsewhere: a user's already."""
+    if not AS_ROOT:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = CapabilityHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    sets = (CapabilitySets * 2)()
+
+    def call(function):
+        if function(ctypes.byref(header), sets) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+    call(libc.capget)
+    powers = sets[0].effective
+    sets[0].effective &= ~capabilities
+    call(libc.capset)
+    try:
+        yield
+    finally:
+        sets[0].effective = powers
+        call(libc.capset)
+
+
+def as_a_user():
+    """Within: without the powers that let root ignore permission bits, ownership and sticky folders (CAP_CHOWN,
+    CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: capabilities 0 to 3)."""
+    return without_capabilities(0b1111)
+
+
+def simulate_a_full_disk(monkeypatch, disk, size):
+    """Writing a file in disk fails with ENOSPC once the files there would hold more than size bytes."""
+    real_open = open
+
+    class Limited:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.flush()
+            used = sum(path.stat().st_size for path in disk.rglob("*") if path.is_file())
+            if used + len(data) > size:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            self.file.close()
+
+    def limited_open(name, mode="r", *args, **kwargs):
+        file = real_open(name, mode, *args, **kwargs)
+        return Limited(file) if str(name).startswith(str(disk)) and mode in ("wb", "xb") else file
+
+    monkeypatch.setattr("builtins.open", limited_open)
+    monkeypatch.setattr(tarfile, "bltn_open", limited_open)
+
+
+# The guide's network and training loop, written as the guide writes them
+
+
+class GuideNet(nn.Module):
+    """The guide's MyNet, layer for layer, to check that weights move both ways."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_layers = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(6, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(12, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+        )
+        self.fc_layers = nn.Sequential(
+            nn.Dropout(p=0.1),
+            nn.Linear(384, 192), nn.ReLU(inplace=True),
+            nn.Linear(192, 96), nn.ReLU(inplace=True),
+            nn.Linear(96, 10),
+        )
+
+    def forward(self, x):
+        x = self.conv_layers(x)
+        x = x.view(-1, 24 * 4 * 4)
+        return self.fc_layers(x)
+
+
+def guide_training(model, images, labels, epochs, batch_size, lr, momentum, log_interval):
+    """The guide's loop: SGD on the mini-batches of a shuffling DataLoader, in training mode, then eval mode for the
+    accuracy after each epoch (which draws no random numbers). Returns the mean losses it would print, by (epoch,
+    mini-batch)."""
+    loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    losses = {}
+    for epoch in range(epochs):
+        model.train()
+        running_loss = 0.0
+        for i, (batch_images, batch_labels) in enumerate(loader):
+            optimizer.zero_grad()
+            loss = criterion(model(batch_images), batch_labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            if (i + 1) % log_interval == 0 or i + 1 == len(loader):
+                losses[epoch, i + 1] = running_loss / (i % log_interval + 1)
+                running_loss = 0.0
+        model.eval()
+    return losses
