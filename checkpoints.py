@@ -56,15 +56,16 @@ class Checkpoints:
             return 0
         model.load_state_dict(self.resumed["model"])
         optimizer.load_state_dict(self.resumed["optimizer"])
-        set_random_states(self.resumed["random"])
+        set_random_states(self.resumed["random"], next(model.parameters()).device)
         self.last_epoch = self.resumed["epoch"]
         return self.last_epoch + 1
 
     def save(self, model, optimizer, epoch):
         """The checkpoint of a finished epoch. One that cannot be written (a disk filled up meanwhile) is a warning:
         training goes on, and its weights are still saved at the end, or kept elsewhere."""
+        device = next(model.parameters()).device
         checkpoint = {"format": FORMAT, "epoch": epoch, "options": self.options, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "random": random_states()}
+                      "optimizer": optimizer.state_dict(), "random": random_states(device)}
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         with stop_signals.deferred():
@@ -100,22 +101,23 @@ def resume_command(argv):
     return quoted(shlex.join([os.path.basename(sys.executable), step1, *options]))
 
 
-def random_states():
+def random_states(device):
     """Every random state that the rest of the run draws from: the CPU's (the order of the images, and dropout on
-    the CPU), and the GPU's where one is used (dropout there)."""
+    the CPU), and the GPU's where the run trains on one (dropout there)."""
     states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state()
-    if torch.backends.mps.is_available():
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    if device.type == "mps":
         states["mps"] = torch.mps.get_rng_state()
     return states
 
 
-def set_random_states(states):
+def set_random_states(states, device):
+    """Give back the states of random_states(); a GPU's only where the run trains on that kind of GPU again."""
     torch.set_rng_state(states["cpu"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"])
-    if "mps" in states and torch.backends.mps.is_available():
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+    if device.type == "mps" and "mps" in states:
         torch.mps.set_rng_state(states["mps"])
 
 

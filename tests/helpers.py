@@ -137,18 +137,20 @@ def refused_output(cifar_dir, output):
     return err.splitlines()[-1]
 
 
-def signalled(monkeypatch, call, number, before=False):
+def signalled(monkeypatch, call, number, before=False, only_if=None):
     """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
-    or a kill could come at that very moment. Returns the list of what call returned."""
+    or a kill could come at that very moment; only for the calls whose arguments only_if takes, if given. Returns the
+    list of what call returned."""
     module, name = call.rsplit(".", 1)
     real = getattr(sys.modules[module], name)
     returned = []
 
     def signal_and_call(*args, **kwargs):
-        if before:
+        now = only_if is None or only_if(*args, **kwargs)
+        if before and now:
             os.kill(os.getpid(), number)
         returned.append(real(*args, **kwargs))
-        if not before:
+        if not before and now:
             os.kill(os.getpid(), number)
         return returned[-1]
 
@@ -197,8 +199,11 @@ def listing(folder):
 
 
 def kept_instead(err, output, reason, temporary_folder):
-    """The one error line of a save that failed: it names the reason and the file that holds the weights instead."""
-    [error] = err.splitlines()
+    """The error line of a save that failed: it names the reason and the file that holds the weights instead. Before
+    it, at most the warning of the last epoch's checkpoint, which failed there first."""
+    *warnings, error = err.splitlines()
+    assert len(warnings) <= 1 and all(line.startswith("warning: could not save the checkpoint of epoch ")
+                                      and line.endswith("; training goes on") for line in warnings), warnings
     match = re.fullmatch(rf"error: could not save the weights to {re.escape(str(output))} \({re.escape(reason)}\); "
                          rf"they are in ({re.escape(str(temporary_folder))}/my_network-\w+\.pth) instead", error)
     assert match, error

@@ -3,7 +3,7 @@
 The first tests run anywhere: they stand in for torch.cuda's graph calls on the CPU, to check what the helper
 does with them (warm-up, capture, which steps replay, a capture that fails), and which runs of step1.py ask for a
 graph (--cuda-graph, --no-cuda-graph, the CPU). The tests marked `gpu` run the real thing; they need an NVIDIA GPU
-and are skipped without one (CI has none): ../shared/bench/gpu_check.sh runs them.
+and are skipped without one (CI has none): run `python -m pytest` on a machine with one.
 """
 import contextlib
 import functools
@@ -31,9 +31,11 @@ class FakeGraphs:
         self.fail = fail
         fakes = self
 
+        self.waits = []  # (stream, the stream it waited for), in order
+
         class Stream:
             def wait_stream(self, other):
-                pass
+                fakes.waits.append((self, other))
 
         self.default_stream = self.current = Stream()
 
@@ -69,29 +71,27 @@ class FakeGraphs:
 
     def recording(self, training_step):
         """training_step, which records itself instead of running while a capture is under way."""
-        def step(batch):
+        def step(images, labels):
             if self.capturing and self.fail == "midway":
                 raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
             if self.capturing:
-                self.capturing.recorded = functools.partial(training_step, batch)
+                self.capturing.recorded = functools.partial(training_step, images, labels)
             else:
-                training_step(batch)
+                training_step(images, labels)
         return step
 
 
 def training(seed=0):
-    """A model, its running loss and main()'s training step, on 60 small random images."""
+    """A model, its running loss and main()'s training step."""
     torch.manual_seed(seed)
-    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (60,))
     model = MyNet()
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, fused=True)
     running_loss = torch.zeros(())
 
-    def training_step(batch):
+    def training_step(images, labels):
         optimizer.zero_grad(set_to_none=False)
-        loss = criterion(model(step1.to_float(images[batch])), labels[batch])
+        loss = criterion(model(step1.to_float(images)), labels)
         loss.backward()
         optimizer.step()
         running_loss.add_(loss.detach())
@@ -103,22 +103,22 @@ BATCH_SIZES = [10, 4, 10, 10, 10, 10, 6, 10, 10, 10]
 
 
 def batches():
+    """Mini-batches of small random images and their labels, of BATCH_SIZES, each a new tensor as a DataLoader's."""
     torch.manual_seed(1)
-    order = torch.randperm(60).repeat(2)
-    starts = [sum(BATCH_SIZES[:i]) for i in range(len(BATCH_SIZES))]
-    return [order[start:start + size] for start, size in zip(starts, BATCH_SIZES)]
+    return [(torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (size,)))
+            for size in BATCH_SIZES]
 
 
 def test_replays_train_exactly_as_ordinary_steps(monkeypatch):
     model, running_loss, training_step = training()
-    for batch in batches():
-        training_step(batch)
+    for images, labels in batches():
+        training_step(images, labels)
 
     fakes = FakeGraphs(monkeypatch)
     graphed_model, graphed_loss, graphed_step = training()
     step = cuda_graph.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
-    for batch in batches():
-        step(batch)
+    for images, labels in batches():
+        step(images, labels)
 
     assert fakes.captures == 1
     assert fakes.replays == BATCH_SIZES.count(10) - 3  # three full steps warm up, every later one replays
@@ -135,14 +135,14 @@ def test_replays_train_exactly_as_ordinary_steps(monkeypatch):
 ])
 def test_a_capture_that_fails_is_one_warning_and_every_step_runs_as_usual(monkeypatch, capsys, fail, reason):
     model, running_loss, training_step = training()
-    for batch in batches():
-        training_step(batch)
+    for images, labels in batches():
+        training_step(images, labels)
 
     fakes = FakeGraphs(monkeypatch, fail=fail)
     graphed_model, graphed_loss, graphed_step = training()
     step = cuda_graph.replayed_as_cuda_graph(fakes.recording(graphed_step), "cpu")
-    for batch in batches():
-        step(batch)
+    for images, labels in batches():
+        step(images, labels)
 
     assert capsys.readouterr().err.splitlines() == [
         f"warning: the training step could not be captured as a CUDA graph ({reason}); training goes on without it"]
@@ -159,8 +159,21 @@ def test_the_full_size_is_the_first_mini_batch_s_not_the_option_s(monkeypatch):
     model, running_loss, training_step = training()
     step = cuda_graph.replayed_as_cuda_graph(fakes.recording(training_step), "cpu")
     for _ in range(5):
-        step(torch.randperm(60))
+        step(torch.zeros(60, 3, 32, 32, dtype=torch.uint8), torch.zeros(60, dtype=torch.long))
     assert (fakes.captures, fakes.replays) == (1, 2)  # warm-up on the first three, replays of 60 images after
+
+
+def test_each_ordinary_step_runs_after_the_work_before_it_and_the_work_after_it_waits_for_it(monkeypatch):
+    """The recipe's streams: the side stream waits for the main one before a step, and the main one for the side
+    one after it, or the next mini-batch's copy could overwrite what a step still reads."""
+    fakes = FakeGraphs(monkeypatch)
+    model, running_loss, training_step = training()
+    step = cuda_graph.replayed_as_cuda_graph(fakes.recording(training_step), "cpu")
+    images, labels = batches()[0]
+    step(images, labels)
+    [(side, main), (waiting, waited_for)] = fakes.waits
+    assert main is fakes.default_stream and side is not main
+    assert (waiting, waited_for) == (main, side)
 
 
 # When step1.py asks for a graph

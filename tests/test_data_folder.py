@@ -39,7 +39,7 @@ def test_tilde_is_expanded_in_output_and_data_dir(cifar_dir, tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path))
     os.symlink(cifar_dir, tmp_path / "datasets")
     train(cifar_dir, "~/w.pth", "--epochs", "1", "--data-dir", "~/datasets")
-    assert sorted(os.listdir(tmp_path)) == ["datasets", "w.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["datasets", "w.pth", "w.pth.checkpoint"]
     assert not os.path.exists("~")
 
 

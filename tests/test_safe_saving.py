@@ -110,10 +110,15 @@ def test_a_name_too_long_is_refused_before_training_and_one_that_fits_is_saved(c
     error = refused_output(cifar_dir, too_long)
     assert error.endswith(f"argument --output: {too_long} cannot be written (File name too long: use a shorter "
                           f"name); choose another path")
-    longest = tmp_path / ("w" * 251 + ".pth")  # 255: the longest; too long for a temporary name made from it
+    too_long_for_its_checkpoint = tmp_path / ("w" * 241 + ".pth")  # 245, and 11 more for .checkpoint
+    code, lines, err = run_on_the_tiny_data(cifar_dir, too_long_for_its_checkpoint)
+    assert (code, lines) == (1, [])
+    assert err == (f"error: the checkpoint of --output: {too_long_for_its_checkpoint}.checkpoint cannot be written "
+                   f"(File name too long: use a shorter name); choose another path\n")
+    longest = tmp_path / ("w" * 240 + ".pth")  # 244, and 255 with .checkpoint: too long for a temporary name
     train(cifar_dir, longest, "--epochs", "1")
     assert list(torch.load(longest, weights_only=True)) == list(MyNet().state_dict())
-    assert os.listdir(tmp_path) == [longest.name]
+    assert sorted(os.listdir(tmp_path)) == [longest.name, f"{longest.name}.checkpoint"]
 
 
 def test_output_with_a_folder_that_cannot_be_entered_is_refused_with_the_systems_reason(cifar_dir, tmp_path):
@@ -212,7 +217,7 @@ def test_earlier_weights_in_either_format_are_replaced(cifar_dir, tmp_path, form
     train(cifar_dir, output, "--epochs", "1")
     assert output.read_bytes() != earlier
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
-    assert os.listdir(tmp_path) == ["my_network.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
 
 
 @pytest.mark.parametrize("case, why", [
@@ -415,7 +420,7 @@ def test_a_name_that_only_fits_relative_to_its_folder_is_saved_there(cifar_dir, 
     os.makedirs(folder)
     assert len(str(folder)) == 4080
     train(cifar_dir, folder / "w.pth", "--epochs", "1", "--limit", "10")
-    assert os.listdir(folder) == ["w.pth"]
+    assert sorted(os.listdir(folder)) == ["w.pth", "w.pth.checkpoint"]
     assert list(torch.load(folder / "w.pth", weights_only=True)) == list(MyNet().state_dict())
 
 
@@ -424,7 +429,7 @@ def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
     for name, content in beside.items():
         (tmp_path / name).write_bytes(content)
     train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
-    assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth"])
+    assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth", "my_network.pth.checkpoint"])
     assert all((tmp_path / name).read_bytes() == content for name, content in beside.items())
 
 
@@ -446,7 +451,7 @@ def test_a_replaced_file_keeps_its_permission_bits(cifar_dir, tmp_path, mode):
     assert stat.S_IMODE(os.stat(output).st_mode) == mode
     assert output.read_bytes() != earlier
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
-    assert os.listdir(tmp_path) == ["my_network.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
 
 
 def test_root_replacing_a_users_file_keeps_its_owner_and_group(cifar_dir, tmp_path):
@@ -551,7 +556,9 @@ def test_a_file_put_at_output_during_training_is_kept(cifar_dir, tmp_path, tempo
     kept = line.rsplit(" they are in ", 1)[1].removesuffix(" instead")
     assert kept.startswith(str(temporary_folder))
     assert same_weights(kept, one_epoch_weights)
-    assert listing(output.parent) == before  # nothing there replaced, nothing left beside it
+    after = listing(output.parent)
+    after.pop("my_network.pth.checkpoint")  # the last epoch's, saved before the weights
+    assert after == before  # nothing there replaced, nothing left beside it
     assert target.read_text() == "my notes"
     assert oct(target.stat().st_mode & 0o777) == oct(0o600)  # the link's target untouched, not made world-writable
 
@@ -563,16 +570,25 @@ def test_a_file_saved_at_output_during_the_sync_is_kept(cifar_dir, tmp_path, tem
     output.parent.mkdir()
     earlier_weights(output)
     real_fsync = os.fsync
+    real_save_weights = safe_saving.save_weights
     syncs = []
 
     def fsync_while_the_user_saves(descriptor):
-        syncs.append(descriptor)
-        if len(syncs) == 2:  # 1: the check before training; 2: the save
+        if saving:
+            syncs.append(descriptor)
+        if len(syncs) == 1:  # the weights' file, before its rename
             (tmp_path / "notes").write_text("my notes")
             os.replace(tmp_path / "notes", output)
         return real_fsync(descriptor)
 
+    def save_weights(*args):
+        nonlocal saving
+        saving = True
+        return real_save_weights(*args)
+
+    saving = False
     monkeypatch.setattr(os, "fsync", fsync_while_the_user_saves)
+    monkeypatch.setattr(safe_saving, "save_weights", save_weights)
     code, _, err = run_until_the_save(cifar_dir, output, lambda: None)
     assert code == 1
     kept_instead(err, output, f"{output} changed while the weights were saved; choose another path", temporary_folder)
@@ -631,7 +647,7 @@ def refuse_in(monkeypatch, place, name, path_of):
                                    "the folder made append-only", "the output made immutable"])
 def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, tmp_path, small_disk, cause,
                                                                       temporary_folder, one_epoch_weights, monkeypatch):
-    folder = small_disk(1024) if cause == "a full disk" else tmp_path / "run"  # room for the check, then filled
+    folder = small_disk(2048) if cause == "a full disk" else tmp_path / "run"  # room for the checks, then filled
     folder.mkdir(exist_ok=True)
     output = folder / "my_network.pth"
     earlier = earlier_weights(output)
@@ -664,11 +680,13 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
     if cause != "the folder removed":
         assert output.read_bytes() == earlier
         left = sorted(os.listdir(folder))
-        if "append-only" in cause:  # a complete new file, which nobody but root may rename or remove there
-            assert left[0] == "my_network.pth" and re.fullmatch(r"step1-[0-9a-f]{8}\.tmp", left[1]), left
-            assert same_weights(folder / left[1], one_epoch_weights)
-        else:
-            assert left == sorted(["my_network.pth", *(["filler"] if cause == "a full disk" else [])])
+        if "append-only" in cause:  # complete new files (the checkpoint's, the weights'), which only root may remove
+            assert left[0] == "my_network.pth", left
+            assert len(left) == 3 and all(re.fullmatch(r"step1-[0-9a-f]{8}\.tmp", name) for name in left[1:]), left
+            assert any(same_weights(folder / name, one_epoch_weights) for name in left[1:])
+        else:  # the checkpoint where its own save could go on
+            assert left == sorted(["my_network.pth", *(["filler"] if cause == "a full disk" else []),
+                                   *(["my_network.pth.checkpoint"] if cause == "the output made immutable" else [])])
 
 
 def fill(path):
@@ -694,7 +712,9 @@ def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_
     code, _, err = run_until_the_save(cifar_dir, output, remove_every_place)
     assert code == 1
     missing = "No such file or directory: check that the folder is there"
-    assert err.splitlines() == [f"error: could not save the weights to {output} ({missing}), nor to "
+    assert err.splitlines() == [f"warning: could not save the checkpoint of epoch 0 to {output}.checkpoint ({missing});"
+                                f" training goes on",
+                                f"error: could not save the weights to {output} ({missing}), nor to "
                                 f"{temporary_folder} ({missing}), nor to {tmp_path / 'home'} ({missing}): "
                                 f"they are lost"]
     assert os.listdir(tmp_path) == []
@@ -719,8 +739,11 @@ def test_a_save_that_fails_tries_the_temporary_then_the_current_then_the_home_fo
     assert code == 1
     place = tmp_path / ("work" if refused == "the temporary folder" else "home")
     [kept] = os.listdir(place)
-    assert err.splitlines() == [f"error: could not save the weights to {output} (No such file or directory: check "
-                                f"that the folder is there); they are in {place / kept} instead"]
+    missing = "No such file or directory: check that the folder is there"
+    assert err.splitlines() == [f"warning: could not save the checkpoint of epoch 0 to {output}.checkpoint ({missing});"
+                                f" training goes on",
+                                f"error: could not save the weights to {output} ({missing}); they are in "
+                                f"{place / kept} instead"]
     assert same_weights(place / kept, one_epoch_weights)
     assert os.listdir(tmp_path / ("home" if place.name == "work" else "work")) == []
 

@@ -1,0 +1,301 @@
+"""checkpoints.py: a checkpoint at the end of each epoch, and --resume from it to the very weights and lines of a run
+that was never stopped; the refused resumes, each with its one line; a stop that names the command that goes on, and
+ends the process by its own signal, so that a shell loop stops.
+
+Stops come at four places of epoch 1 of 3 (during its training, in its accuracy pass, during its checkpoint's save,
+after it), by SIGINT, SIGTERM and SIGHUP in this process, and by SIGKILL in a process forked for it."""
+import io
+import multiprocessing
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoints
+import safe_saving
+import step1
+from helpers import ROOT, earlier_weights, python_command, run_on_the_tiny_data, same_weights, skip_md5, train
+from model import MyNet
+
+EPOCHS = ["--epochs", "3"]
+PHASES = ["during its training", "in its accuracy pass", "during its checkpoint's save", "after its checkpoint"]
+# The checkpoint that a stop in epoch 1 leaves: epoch 1's once its save has begun (a stop waits for it to end).
+LAST_EPOCH_KEPT = {"during its training": 0, "in its accuracy pass": 0, "during its checkpoint's save": 1,
+                   "after its checkpoint": 1}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cifar_dir, tmp_path_factory):
+    """The lines and weights of a run of 3 epochs that nothing stops."""
+    output = tmp_path_factory.mktemp("uninterrupted") / "my_network.pth"
+    lines = train(cifar_dir, output, *EPOCHS)
+    return lines, torch.load(output, weights_only=True)
+
+
+def epoch_lines(lines, first_epoch=0):
+    return [line for line in lines if line.startswith("Epoch : ") and int(line.split(",")[0][8:]) >= first_epoch]
+
+
+def stop_in_epoch_1(patch, phase, stop):
+    """Have stop() called at the given place of epoch 1 (the second of 3)."""
+    calls = {"to_float": 0, "accuracy": 0, "replace": 0}
+
+    def counted(module, name, real, call_number, before):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            if before and calls[name] == call_number:
+                stop()
+            returned = real(*args, **kwargs)
+            if not before and calls[name] == call_number:
+                stop()
+            return returned
+        patch.setattr(module, name, call)
+
+    # 12 mini-batches an epoch; 2 accuracy passes an epoch; one rename for each epoch's checkpoint.
+    if phase == "during its training":
+        counted(step1, "to_float", step1.to_float, 12 + 5, before=True)
+    elif phase == "in its accuracy pass":
+        counted(step1, "accuracy", step1.accuracy, 2 + 2, before=True)
+    elif phase == "during its checkpoint's save":  # written and synced, not yet renamed
+        counted(os, "replace", os.replace, 2, before=True)
+    else:
+        counted(os, "replace", os.replace, 2, before=False)
+
+
+def resume_line(output, last_epoch, options):
+    command = shlex.join([os.path.basename(sys.executable), os.path.relpath(os.path.join(ROOT, "step1.py")),
+                          "--data-dir", options[0], "--output", str(output), "--device", "cpu", *EPOCHS, "--resume"])
+    return (f"\ninterrupted during epoch {last_epoch + 1}; the checkpoint of epoch {last_epoch} is in "
+            f"{output}.checkpoint. To go on from it: {command}\n")
+
+
+def assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted):
+    lines = train(cifar_dir, output, *EPOCHS, "--resume")
+    expected_lines, expected_weights = uninterrupted
+    assert f"Resumed after epoch {last_epoch}, from {output}.checkpoint" in lines
+    assert epoch_lines(lines) == epoch_lines(expected_lines, first_epoch=last_epoch + 1)
+    assert same_weights(output, expected_weights)  # bitwise
+
+
+# Each phase with Ctrl-C; the other stop signals, which step1.py handles as it handles Ctrl-C, in one phase each.
+@pytest.mark.parametrize("phase, number", [(phase, signal.SIGINT) for phase in PHASES]
+                         + [(PHASES[0], signal.SIGTERM), (PHASES[2], signal.SIGHUP)])
+def test_a_run_stopped_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cifar_dir, tmp_path, uninterrupted,
+                                                                              phase, number):
+    output = tmp_path / "my_network.pth"
+    with pytest.MonkeyPatch.context() as patch:
+        stop_in_epoch_1(patch, phase, lambda: os.kill(os.getpid(), number))
+        code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+    assert code == -number  # python step1.py ends by the signal
+    last_epoch = LAST_EPOCH_KEPT[phase]
+    assert err == resume_line(output, last_epoch, [cifar_dir])
+    assert sorted(os.listdir(tmp_path)) == ["my_network.pth.checkpoint"]  # nothing half-written
+    assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted)
+
+
+def killed_in_epoch_1(cifar_dir, output, phase):
+    """In a process of its own: step1.py as `python step1.py` runs it, killed (SIGKILL) at the given place."""
+    skip_md5()
+    with pytest.MonkeyPatch.context() as patch:
+        stop_in_epoch_1(patch, phase, lambda: os.kill(os.getpid(), signal.SIGKILL))
+        run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def forked():
+    """Processes forked from one that has imported torch and step1.py but run nothing: each starts in a moment, where
+    a new Python takes seconds to import torch (a fork of this process could hang in its threads)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["helpers", "step1", "test_checkpoints"])
+    return context
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_run_killed_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cifar_dir, tmp_path, uninterrupted,
+                                                                             forked, phase):
+    output = tmp_path / "my_network.pth"
+    run = forked.Process(target=killed_in_epoch_1, args=(cifar_dir, output, phase))
+    run.start()
+    run.join(timeout=60)
+    assert run.exitcode == -signal.SIGKILL
+    # The checkpoint as it was before epoch 1's took its name; a killed save leaves its temporary file.
+    last_epoch = 1 if phase == "after its checkpoint" else 0
+    left = sorted(os.listdir(tmp_path))
+    assert left[0] == "my_network.pth.checkpoint"
+    assert len(left) == (2 if phase == "during its checkpoint's save" else 1)
+    assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted)
+
+
+def test_a_finished_run_resumed_with_more_epochs_equals_a_run_of_that_many(cifar_dir, tmp_path, uninterrupted):
+    output = tmp_path / "my_network.pth"
+    train(cifar_dir, output, "--epochs", "2")
+    assert_resumed_as_uninterrupted(cifar_dir, output, 1, uninterrupted)
+
+
+def test_the_checkpoint_holds_the_epoch_options_weights_optimizer_and_random_state(cifar_dir, tmp_path):
+    output = tmp_path / "my_network.pth"
+    train(cifar_dir, output, "--epochs", "2", "--lr", "0.02", "--seed", "7")
+    checkpoint = torch.load(f"{output}.checkpoint", weights_only=True)  # tensors, numbers and strings only
+    assert checkpoint["format"] == checkpoints.FORMAT
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["options"] == {"seed": 7, "batch_size": 10, "lr": 0.02, "momentum": 0.9, "limit": 0}
+    assert same_weights(output, checkpoint["model"])  # the last epoch's are the saved weights
+    assert len(checkpoint["optimizer"]["state"]) == len(list(MyNet().parameters()))  # a momentum for each
+    assert checkpoint["random"]["cpu"].dtype == torch.uint8
+
+
+def refused_resume(cifar_dir, output, *extra):
+    """A --resume that must be refused before the data is read: its one error line."""
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS, *extra, "--resume")
+    assert code == 1
+    assert lines == []  # not even the device
+    [line] = err.splitlines()
+    return line
+
+
+def test_resume_without_a_checkpoint_says_how_to_start(cifar_dir, tmp_path):
+    output = tmp_path / "my_network.pth"
+    assert refused_resume(cifar_dir, output) == (
+        f"error: --resume: there is no checkpoint {output}.checkpoint; a run with the same --output writes it at "
+        f"the end of its first epoch. Run without --resume to start from the first epoch.")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def a_checkpoint(cifar_dir, tmp_path_factory):
+    """The bytes of the checkpoint of a run of 1 epoch, with the default options."""
+    output = tmp_path_factory.mktemp("one_epoch") / "my_network.pth"
+    train(cifar_dir, output, "--epochs", "1")
+    with open(f"{output}.checkpoint", "rb") as file:
+        return file.read()
+
+
+def changed_checkpoint(data, change):
+    """The checkpoint of data, changed by change(checkpoint), as bytes."""
+    checkpoint = torch.load(io.BytesIO(data), weights_only=True)
+    change(checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("option, value, trained_with", [
+    ("--seed", "2", "1"), ("--batch-size", "8", "10"), ("--lr", "0.01", "0.001"), ("--momentum", "0.5", "0.9"),
+    ("--limit", "100", "0")])
+def test_resume_with_another_training_option_names_it_and_both_values(cifar_dir, tmp_path, a_checkpoint, option,
+                                                                      value, trained_with):
+    output = tmp_path / "my_network.pth"
+    (tmp_path / "my_network.pth.checkpoint").write_bytes(a_checkpoint)
+    assert refused_resume(cifar_dir, output, option, value) == (
+        f"error: --resume: the checkpoint {output}.checkpoint was trained with {option} {trained_with}, not "
+        f"{float(value) if '.' in value else int(value)}; resume with {option} {trained_with}, or start from the "
+        f"first epoch without --resume")
+    assert (tmp_path / "my_network.pth.checkpoint").read_bytes() == a_checkpoint
+
+
+def other_network(checkpoint):
+    checkpoint["model"]["fc_layers.5.weight"] = torch.zeros(5, 96)
+
+
+def other_optimizer(checkpoint):
+    checkpoint["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(3)
+
+
+def other_version(checkpoint):
+    checkpoint["format"] = "step1.py checkpoint, version 0"
+
+
+def other_random_state(checkpoint):
+    checkpoint["random"]["cpu"] = torch.zeros(10, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("kind, holds", [
+    ("cut off", "nothing that torch.load can read as a checkpoint (a damaged or cut-off file, or another kind)"),
+    ("MyNet's weights", "something other than a checkpoint of step1.py"),
+    ("another network's", "a checkpoint of another network, or a damaged one"),
+    ("another optimizer's", "a checkpoint of another network, or a damaged one"),
+    ("another random state", "a checkpoint of another network, or a damaged one"),
+    ("another version's", "a checkpoint of another version of step1.py (step1.py checkpoint, version 0)")])
+def test_resume_from_a_file_that_is_no_checkpoint_of_mynet_says_what_it_holds(cifar_dir, tmp_path, a_checkpoint,
+                                                                              kind, holds):
+    output = tmp_path / "my_network.pth"
+    path = tmp_path / "my_network.pth.checkpoint"
+    if kind == "MyNet's weights":
+        earlier_weights(path)
+    else:
+        changes = {"another network's": other_network, "another optimizer's": other_optimizer,
+                   "another version's": other_version, "another random state": other_random_state}
+        data = a_checkpoint[:len(a_checkpoint) // 2] if kind == "cut off" else changed_checkpoint(a_checkpoint,
+                                                                                                   changes[kind])
+        path.write_bytes(data)
+    before = path.read_bytes()
+    assert refused_resume(cifar_dir, output) == (
+        f"error: --resume: {path} holds {holds}, not a checkpoint that can resume this run. Run without --resume to "
+        f"start from the first epoch (it replaces only a checkpoint).")
+    assert path.read_bytes() == before
+
+
+def test_resume_of_a_finished_run_without_more_epochs_says_to_give_more(cifar_dir, tmp_path, a_checkpoint):
+    output = tmp_path / "my_network.pth"
+    (tmp_path / "my_network.pth.checkpoint").write_bytes(a_checkpoint)
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", "--resume")
+    assert (code, lines) == (1, [])
+    assert err == (f"error: --resume: the checkpoint {output}.checkpoint has done all 1 epochs of --epochs 1; to "
+                   f"train longer, give a higher --epochs\n")
+
+
+def test_a_file_of_yours_where_the_checkpoint_goes_is_kept_and_refused_before_training(cifar_dir, tmp_path):
+    output = tmp_path / "notes.txt"
+    (tmp_path / "notes.txt.checkpoint").write_text("my notes\n")
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+    assert (code, lines) == (1, [])
+    assert err == (f"error: the checkpoint of --output: {output}.checkpoint holds nothing that torch.load can read "
+                   f"as a checkpoint (a damaged or cut-off file, or another kind); choose another path, to keep it\n")
+    assert (tmp_path / "notes.txt.checkpoint").read_text() == "my notes\n"
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt.checkpoint"]
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cifar_dir, tmp_path, monkeypatch,
+                                                                            uninterrupted):
+    output = tmp_path / "my_network.pth"
+    real = safe_saving.write_then_rename
+
+    def full_for_checkpoints(data, path, *args, **kwargs):
+        if str(path).endswith(".checkpoint"):
+            raise OSError(28, "No space left on device")
+        return real(data, path, *args, **kwargs)
+
+    monkeypatch.setattr(safe_saving, "write_then_rename", full_for_checkpoints)
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+    assert code == 0
+    assert err.splitlines() == [f"warning: could not save the checkpoint of epoch {epoch} to {output}.checkpoint (No "
+                                f"space left on device: free some space); training goes on" for epoch in range(3)]
+    assert same_weights(output, uninterrupted[1])
+
+
+def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(cifar_dir, tmp_path):
+    """A shell goes on to its loop's next command unless its child was ended by the signal: with exit status 1 after
+    Ctrl-C, `for seed in 1 2 3; do python step1.py --seed $seed; done` took three Ctrl-C to stop."""
+    command = shlex.join(python_command("step1.py", "--data-dir", cifar_dir, "--output", tmp_path / "w.pth",
+                                        "--device", "cpu", "--epochs", "1000", "--seed"))
+    loop = subprocess.Popen(["bash", "-c", f'for seed in 1 2 3; do {command} "$seed"; echo "status $?"; done'],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    for line in loop.stdout:
+        if line.startswith("Epoch :  1, training accuracy"):  # a checkpoint is there
+            break
+    os.killpg(loop.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the shell and to python
+    start = time.monotonic()
+    out, err = loop.communicate(timeout=60)
+    assert loop.returncode == -signal.SIGINT  # the shell stopped the loop: its child ended by SIGINT
+    assert "status" not in out and "Device" not in out  # no next seed
+    # Epoch 1's checkpoint, or epoch 0's if the stop came before the one of epoch 1 was saved
+    assert re.fullmatch(r"\ninterrupted during epoch (2; the checkpoint of epoch 1|1; the checkpoint of epoch 0) is "
+                        r"in .*w\.pth\.checkpoint\. To go on from it: .* --seed 1 --resume\n", err)
+    assert time.monotonic() - start < 30
