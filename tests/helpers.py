@@ -9,9 +9,11 @@ import os
 import pathlib
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -137,6 +139,13 @@ def refused_output(cifar_dir, output):
     return err.splitlines()[-1]
 
 
+def send_here(number):
+    """Send this process the signal as a Ctrl-C or a kill would, but to the main thread, where it arrives before the
+    next line runs. (A signal sent with os.kill goes to any thread that does not block it, such as one of torch's,
+    which may take it later, when the code it was meant for is done.)"""
+    signal.pthread_kill(threading.main_thread().ident, number)
+
+
 def signalled(monkeypatch, call, number, before=False, only_if=None):
     """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
     or a kill could come at that very moment; only for the calls whose arguments only_if takes, if given. Returns the
@@ -148,10 +157,10 @@ def signalled(monkeypatch, call, number, before=False, only_if=None):
     def signal_and_call(*args, **kwargs):
         now = only_if is None or only_if(*args, **kwargs)
         if before and now:
-            os.kill(os.getpid(), number)
+            send_here(number)
         returned.append(real(*args, **kwargs))
         if not before and now:
-            os.kill(os.getpid(), number)
+            send_here(number)
         return returned[-1]
 
     monkeypatch.setattr(sys.modules[module], name, signal_and_call)

@@ -20,7 +20,16 @@ import torch
 import checkpoints
 import safe_saving
 import step1
-from helpers import ROOT, earlier_weights, python_command, run_on_the_tiny_data, same_weights, skip_md5, train
+from helpers import (
+    ROOT,
+    earlier_weights,
+    python_command,
+    run_on_the_tiny_data,
+    same_weights,
+    send_here,
+    skip_md5,
+    train,
+)
 from model import MyNet
 
 EPOCHS = ["--epochs", "3"]
@@ -90,7 +99,7 @@ def test_a_run_stopped_in_any_phase_resumes_to_the_uninterrupted_runs_weights(ci
                                                                               phase, number):
     output = tmp_path / "my_network.pth"
     with pytest.MonkeyPatch.context() as patch:
-        stop_in_epoch_1(patch, phase, lambda: os.kill(os.getpid(), number))
+        stop_in_epoch_1(patch, phase, lambda: send_here(number))
         code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
     assert code == -number  # python step1.py ends by the signal
     last_epoch = LAST_EPOCH_KEPT[phase]

@@ -27,6 +27,7 @@ from helpers import (
     run_on_the_tiny_data,
     run_until_the_save,
     same_weights,
+    send_here,
     signalled,
 )
 from model import MyNet
@@ -95,7 +96,7 @@ def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, mon
     def to_float_killed_in_the_11th_step(images):
         calls.append(1)
         if len(calls) == 11:
-            os.kill(os.getpid(), signal.SIGTERM)
+            send_here(signal.SIGTERM)
         return real_to_float(images)
 
     monkeypatch.setattr(step1, "to_float", to_float_killed_in_the_11th_step)
@@ -183,8 +184,8 @@ def test_ctrl_c_then_a_kill_after_the_last_update_still_saves_the_weights_first(
     def two_stops_then_accuracy(*args):  # the last update is done: the keeper holds the weights
         both = {signal.SIGINT, signal.SIGTERM}  # of two kinds: the system does not merge them into one
         signal.pthread_sigmask(signal.SIG_BLOCK, both)
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
+        send_here(signal.SIGINT)
+        send_here(signal.SIGTERM)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both come now: the second while the first ends the run
         return real_accuracy(*args)
 
