@@ -20,10 +20,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests marked gpu are skipped without an NVIDIA GPU (CI has none); gpu_check.sh runs them."""
+    """The tests marked gpu are skipped without an NVIDIA GPU (CI has none): `python -m pytest` runs them on a machine
+    with one."""
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA); gpu_check.sh runs it")
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA): run python -m pytest on a machine with one")
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)

@@ -1,10 +1,12 @@
 """README.md: each of its Python snippets, run as the README prints it, on weights that step1.py saved; the errors
-its Troubleshooting names, as torch words them; and the Pillow that requirements.txt must ask for, for its picture
-snippet."""
+its Troubleshooting names, as torch words them; the Pillow that requirements.txt must ask for, for its picture
+snippet; the files it names, the options it lists and the stop line it shows, as the repository has them."""
+import argparse
 import os
 import re
 import shutil
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -14,15 +16,21 @@ import torchvision
 import torchvision.transforms as transforms
 from PIL import Image, ImageColor
 
+import checkpoints
+import step1
+import stop_signals
 from helpers import CIFAR10_LABEL_NAMES, ROOT, run_python
 from model import CLASSES, MyNet
 
 
+def readme():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as file:
+        return file.read()
+
+
 def readme_snippet(containing):
     """The one ```python block of the README that contains the given text."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as file:
-        readme = file.read()
-    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if containing in block]
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme(), re.S) if containing in block]
     return snippet
 
 
@@ -244,3 +252,37 @@ def test_the_requirements_ask_for_the_pillow_that_the_picture_snippet_needs():
     with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as file:
         requirements = file.read()
     assert re.search(r"^pillow>=10\.1\b", requirements, re.M | re.I)
+
+
+def test_every_file_the_readme_names_is_in_the_repository():
+    text = readme()
+    links = [target for target in re.findall(r"\]\(([^)#]+)\)", text) if "://" not in target]
+    assert links, "no links found"
+    for target in links:
+        assert os.path.exists(os.path.join(ROOT, target)), target
+    for name in set(re.findall(r"`([\w/.-]+\.(?:py|txt|toml|sh))`", text)):
+            assert any(os.path.exists(os.path.join(folder, name)) for folder, _, _ in os.walk(ROOT)), name
+
+
+def test_the_options_table_lists_every_option_of_help(capsys):
+    with pytest.raises(SystemExit):
+        step1.main(["--help"])
+    options = set(re.findall(r"^  (--[\w-]+)", capsys.readouterr().out, re.M)) - {"--help"}
+    table = readme().split("## Options")[1].split("\n## ")[0]
+    listed = {option.replace("--no-", "--") for option in re.findall(r"^\| `(--[\w-]+)", table, re.M)}
+    assert options == listed
+
+
+def test_the_stop_line_the_readme_shows_is_the_one_step1_prints(monkeypatch):
+    [line] = [line for line in readme().splitlines() if line.startswith("interrupted during epoch ")]
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python")
+    monkeypatch.chdir(ROOT)
+    args = argparse.Namespace(output="my_network.pth", seed=1, batch_size=10, lr=0.001, momentum=0.9, limit=0,
+                              epochs=10, resume=False)
+    checkpoint = checkpoints.Checkpoints.__new__(checkpoints.Checkpoints)
+    checkpoint.path = f"{args.output}.checkpoint"
+    checkpoint.command = checkpoints.resume_command([])
+    checkpoint.last_epoch = 6
+    with pytest.raises(KeyboardInterrupt) as stop, checkpoint:
+        raise stop_signals.Stopped()
+    assert str(stop.value) == "\n" + line
