@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stop_signals
-from helpers import AS_ROOT, simulate_a_full_disk, skip_md5, train, write_cifar
+from helpers import AS_ROOT, MODULES, import_in_a_new_python, simulate_a_full_disk, skip_md5, train, write_cifar
 
 
 def pytest_configure(config):
@@ -64,6 +64,13 @@ def one_epoch_weights(cifar_dir, tmp_path_factory):
     return torch.load(output, weights_only=True)
 
 
+@pytest.fixture(scope="session")
+def imports_in_a_new_python(tmp_path_factory):
+    """What one new Python finds as it imports each of the repository's modules in turn: for the tests of what
+    importing model.py and the others does (see helpers.import_in_a_new_python)."""
+    return import_in_a_new_python(MODULES, tmp_path_factory.mktemp("imports") / "found.json")
+
+
 @pytest.fixture
 def small_disk(tmp_path, monkeypatch):
     """small_disk(kib): a folder on a disk of that many KiB. A real tmpfs where the tests run as root; elsewhere,
@@ -96,7 +103,7 @@ def temporary_folder(tmp_path, monkeypatch):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Any download fails as it does without a network (faster than a new Python with helpers.OFFLINE)."""
+    """Any download fails as it does without a network: the connection is refused."""
     def refuse(*args, **kwargs):
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 

@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import errno
 import io
+import json
 import os
 import pathlib
 import pickle
@@ -162,22 +163,41 @@ def signalled(monkeypatch, call, number, before=False):
     return returned
 
 
-def python_command(script, *args, md5=False):
-    """The command that runs script as `python script args` would, here with the md5 check skipped
-    unless md5 is true. The child imports this file, so it finds model.py as a user's script would."""
-    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
-            + ("" if md5 else "helpers.skip_md5(); ")
-            + "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
+def python_command(script, *args):
+    """The command that runs script as `python script args` would, here with the md5 check skipped: the child
+    imports this file to skip it."""
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; helpers.skip_md5(); "
+            "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
     return [sys.executable, "-c", code, os.path.dirname(__file__), script, *map(str, args)]
 
 
-# With no way out: a download fails at once, wherever the tests run.
-OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+# The repository's modules, in an order where each comes after those it imports
+MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "safe_saving", "step1"]
 
 
-def run_python(script, *args, cwd, md5=False, env=None, timeout=120):
-    return subprocess.run(python_command(script, *args, md5=md5), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+def import_in_a_new_python(modules, report):
+    """One new Python imports torch, then each module in turn (each with what it imports), and writes to the file
+    report, as JSON, {module: [whether nothing changed, whether torchvision is imported by then]}: no signal handler,
+    no torch setting, no random number drawn, no standard output replaced. Returns that and the finished process,
+    whose output is only what the imports printed."""
+    code = ("import json, signal, sys, torch\n"
+            "def state():\n"
+            "    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()\n"
+            "                if number not in (signal.SIGKILL, signal.SIGSTOP)}\n"
+            "    return (handlers, torch.backends.mkldnn.enabled, torch.backends.cudnn.deterministic,\n"
+            "            torch.backends.cudnn.benchmark, torch.get_rng_state().sum().item(), sys.stdout)\n"
+            "before = state()\n"
+            "found = {}\n"
+            "for module in sys.argv[2:]:\n"
+            "    __import__(module)\n"
+            "    found[module] = [state() == before, 'torchvision' in sys.modules]\n"
+            "with open(sys.argv[1], 'w') as file:\n"
+            "    json.dump(found, file)")
+    result = subprocess.run([sys.executable, "-c", code, str(report), *modules], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(report, encoding="utf-8") as file:
+        return json.load(file), result
 
 
 # Files, and what they hold
