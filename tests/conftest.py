@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stop_signals
-from helpers import AS_ROOT, MODULES, import_in_a_new_python, simulate_a_full_disk, skip_md5, train, write_cifar
+from helpers import AS_ROOT, MODULES, ImportsInANewPython, simulate_a_full_disk, skip_md5, train, write_cifar
 
 
 def pytest_configure(config):
@@ -64,11 +64,24 @@ def one_epoch_weights(cifar_dir, tmp_path_factory):
     return torch.load(output, weights_only=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def new_python_importing_the_modules(request, tmp_path_factory):
+    """helpers.ImportsInANewPython, started with the session when a selected test needs it: it takes seconds to
+    import torch and the modules, which it does on a core that the tests in this process leave free meanwhile."""
+    if not any("imports_in_a_new_python" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    new_python = ImportsInANewPython(MODULES, tmp_path_factory.mktemp("imports") / "found.json")
+    yield new_python
+    with new_python.process as process:
+        process.kill()  # if no test waited for it
+
+
 @pytest.fixture(scope="session")
-def imports_in_a_new_python(tmp_path_factory):
-    """What one new Python finds as it imports each of the repository's modules in turn: for the tests of what
-    importing model.py and the others does (see helpers.import_in_a_new_python)."""
-    return import_in_a_new_python(MODULES, tmp_path_factory.mktemp("imports") / "found.json")
+def imports_in_a_new_python(new_python_importing_the_modules):
+    """What one new Python found as it imported each of the repository's modules in turn, and what it printed: for
+    the tests of what importing model.py and the others does."""
+    return new_python_importing_the_modules.result()
 
 
 @pytest.fixture

@@ -175,12 +175,13 @@ def python_command(script, *args):
 MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "safe_saving", "step1"]
 
 
-def import_in_a_new_python(modules, report):
-    """One new Python imports torch, then each module in turn (each with what it imports), and writes to the file
-    report, as JSON, {module: [whether nothing changed, whether torchvision is imported by then]}: no signal handler,
-    no torch setting, no random number drawn, no standard output replaced. Returns that and the finished process,
-    whose output is only what the imports printed."""
-    code = ("import json, signal, sys, torch\n"
+class ImportsInANewPython:
+    """A new Python, started at once, that imports torch, then each module in turn (each with what it imports), and
+    writes to the file report, as JSON, {module: [whether nothing changed, whether torchvision is imported by then]}:
+    no signal handler, no torch setting, no random number drawn, no standard output replaced. result() waits for it
+    and returns that, its standard output and its error output, which hold only what the imports printed."""
+
+    CODE = ("import json, signal, sys, torch\n"
             "def state():\n"
             "    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()\n"
             "                if number not in (signal.SIGKILL, signal.SIGSTOP)}\n"
@@ -193,11 +194,17 @@ def import_in_a_new_python(modules, report):
             "    found[module] = [state() == before, 'torchvision' in sys.modules]\n"
             "with open(sys.argv[1], 'w') as file:\n"
             "    json.dump(found, file)")
-    result = subprocess.run([sys.executable, "-c", code, str(report), *modules], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    with open(report, encoding="utf-8") as file:
-        return json.load(file), result
+
+    def __init__(self, modules, report):
+        self.report = report
+        self.process = subprocess.Popen([sys.executable, "-c", self.CODE, str(report), *modules], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self):
+        stdout, stderr = self.process.communicate(timeout=120)
+        assert self.process.returncode == 0, stderr
+        with open(self.report, encoding="utf-8") as file:
+            return json.load(file), stdout, stderr
 
 
 # Files, and what they hold

@@ -236,9 +236,9 @@ def test_classes_are_cifar10s_in_torchvisions_order(cifar_dir, skip_md5_check):
 
 def test_importing_model_prints_nothing_and_leaves_torchvision_alone(imports_in_a_new_python):
     """model.py, imported first in a new Python (after torch), prints nothing and does not import torchvision."""
-    found, result = imports_in_a_new_python
+    found, stdout, stderr = imports_in_a_new_python
     assert list(found)[0] == "model"
     _, torchvision_imported = found["model"]
     assert torchvision_imported is False
-    assert result.stdout == ""
-    assert result.stderr == ""
+    assert stdout == ""
+    assert stderr == ""

@@ -522,7 +522,7 @@ def test_main_puts_torchs_settings_back_however_it_ends(cifar_dir, tmp_path, mon
 def test_importing_each_module_changes_nothing(imports_in_a_new_python):
     """No signal handler, no torch setting, no random number drawn, no standard output replaced: one new Python
     imports each module in turn (each with what it imports) and compares."""
-    found, result = imports_in_a_new_python
+    found, stdout, stderr = imports_in_a_new_python
     assert [(module, unchanged) for module, (unchanged, _) in found.items()] == [(module, True) for module in MODULES]
-    assert result.stdout == ""
-    assert result.stderr == ""
+    assert stdout == ""
+    assert stderr == ""
