@@ -1,4 +1,5 @@
 """The tests' fixtures, the gpu marker and pytest's hooks. What the tests call: helpers.py."""
+import os
 import signal
 import subprocess
 import tempfile
@@ -17,6 +18,11 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error::ResourceWarning")
     config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU (CUDA); skipped without one")
+    # One thread for torch, here and in the new Pythons that some tests start: the tests' mini-batches are too small
+    # to gain from more, and on a machine whose cores are busy (with those Pythons, or other programs), torch's
+    # threads spend their time waiting for each other.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
