@@ -1,6 +1,8 @@
-"""What several test files use: a tiny CIFAR-10 folder in torchvision's layout and the md5 check it needs skipped,
-ways to run step1.py (in this process, or as `python step1.py` would), an earlier weights file for step1.py to keep
-or replace, root's powers set aside, the guide's network and training loop, and checks of saved weights and files."""
+"""What several test files use: a tiny CIFAR-10 folder in torchvision's layout and the md5 check it needs skipped;
+ways to run step1.py (in this process, or as `python step1.py` would) and to send it a signal at a given moment; a new
+Python that imports each module in turn; earlier weights for step1.py to keep or replace, and checks of saved weights
+and folders; a full disk where root's tmpfs cannot be had, and root's powers set aside; the guide's network and
+training loop."""
 import contextlib
 import ctypes
 import errno

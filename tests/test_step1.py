@@ -450,7 +450,7 @@ def test_the_lr_must_be_more_than_0_and_finite_and_nothing_more(cifar_dir, tmp_p
     assert lines[-1].startswith("Saved the weights")
 
 
-def test_workers_is_gone(tmp_path):
+def test_there_is_no_workers_option(tmp_path):
     code, _, err = run_step1(["--workers", "2", "--output", str(tmp_path / "w.pth")])
     assert code == 2
     assert "unrecognized arguments: --workers 2" in err
