@@ -1,4 +1,5 @@
 """The tests' fixtures, the gpu marker and pytest's hooks. What the tests call: helpers.py."""
+import os
 import signal
 import subprocess
 import tempfile
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import stop_signals
-from helpers import AS_ROOT, simulate_a_full_disk, skip_md5, train, write_cifar
+from helpers import AS_ROOT, MODULES, ImportsInANewPython, simulate_a_full_disk, skip_md5, train, write_cifar
 
 
 def pytest_configure(config):
@@ -17,6 +18,11 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error::ResourceWarning")
     config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU (CUDA); skipped without one")
+    # One thread for torch, here and in the new Pythons that some tests start: the tests' mini-batches are too small
+    # to gain from more, and on a machine whose cores are busy (with those Pythons, or other programs), torch's
+    # threads spend their time waiting for each other.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,6 +71,26 @@ def one_epoch_weights(cifar_dir, tmp_path_factory):
     return torch.load(output, weights_only=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def new_python_importing_the_modules(request, tmp_path_factory):
+    """helpers.ImportsInANewPython, started with the session when a selected test needs it: it takes seconds to
+    import torch and the modules, which it does on a core that the tests in this process leave free meanwhile."""
+    if not any("imports_in_a_new_python" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    new_python = ImportsInANewPython(MODULES, tmp_path_factory.mktemp("imports") / "found.json")
+    yield new_python
+    with new_python.process as process:
+        process.kill()  # if no test waited for it
+
+
+@pytest.fixture(scope="session")
+def imports_in_a_new_python(new_python_importing_the_modules):
+    """What one new Python found as it imported each of the repository's modules in turn, and what it printed: for
+    the tests of what importing model.py and the others does."""
+    return new_python_importing_the_modules.result()
+
+
 @pytest.fixture
 def small_disk(tmp_path, monkeypatch):
     """small_disk(kib): a folder on a disk of that many KiB. A real tmpfs where the tests run as root; elsewhere,
@@ -97,7 +123,7 @@ def temporary_folder(tmp_path, monkeypatch):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Any download fails as it does without a network (faster than a new Python with helpers.OFFLINE)."""
+    """Any download fails as it does without a network: the connection is refused."""
     def refuse(*args, **kwargs):
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 

@@ -1,10 +1,13 @@
-"""What several test files use: a tiny CIFAR-10 folder in torchvision's layout and the md5 check it needs skipped,
-ways to run step1.py (in this process, or as `python step1.py` would), an earlier weights file for step1.py to keep
-or replace, root's powers set aside, the guide's network and training loop, and checks of saved weights and files."""
+"""What several test files use: a tiny CIFAR-10 folder in torchvision's layout and the md5 check it needs skipped;
+ways to run step1.py (in this process, or as `python step1.py` would) and to send it a signal at a given moment; a new
+Python that imports each module in turn; earlier weights for step1.py to keep or replace, and checks of saved weights
+and folders; a full disk where root's tmpfs cannot be had, and root's powers set aside; the guide's network and
+training loop."""
 import contextlib
 import ctypes
 import errno
 import io
+import json
 import os
 import pathlib
 import pickle
@@ -167,22 +170,48 @@ def signalled(monkeypatch, call, number, before=False, only_if=None):
     return returned
 
 
-def python_command(script, *args, md5=False):
-    """The command that runs script as `python script args` would, here with the md5 check skipped
-    unless md5 is true. The child imports this file, so it finds model.py as a user's script would."""
-    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; "
-            + ("" if md5 else "helpers.skip_md5(); ")
-            + "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
+def python_command(script, *args):
+    """The command that runs script as `python script args` would, here with the md5 check skipped: the child
+    imports this file to skip it."""
+    code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import helpers; helpers.skip_md5(); "
+            "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
     return [sys.executable, "-c", code, os.path.dirname(__file__), script, *map(str, args)]
 
 
-# With no way out: a download fails at once, wherever the tests run.
-OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+# The repository's modules, in an order where each comes after those it imports
+MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "safe_saving", "step1"]
 
 
-def run_python(script, *args, cwd, md5=False, env=None, timeout=120):
-    return subprocess.run(python_command(script, *args, md5=md5), cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+class ImportsInANewPython:
+    """A new Python, started at once, that imports torch, then each module in turn (each with what it imports), and
+    writes to the file report, as JSON, {module: [whether nothing changed, whether torchvision is imported by then]}:
+    no signal handler, no torch setting, no random number drawn, no standard output replaced. result() waits for it
+    and returns that, its standard output and its error output, which hold only what the imports printed."""
+
+    CODE = ("import json, signal, sys, torch\n"
+            "def state():\n"
+            "    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()\n"
+            "                if number not in (signal.SIGKILL, signal.SIGSTOP)}\n"
+            "    return (handlers, torch.backends.mkldnn.enabled, torch.backends.cudnn.deterministic,\n"
+            "            torch.backends.cudnn.benchmark, torch.get_rng_state().sum().item(), sys.stdout)\n"
+            "before = state()\n"
+            "found = {}\n"
+            "for module in sys.argv[2:]:\n"
+            "    __import__(module)\n"
+            "    found[module] = [state() == before, 'torchvision' in sys.modules]\n"
+            "with open(sys.argv[1], 'w') as file:\n"
+            "    json.dump(found, file)")
+
+    def __init__(self, modules, report):
+        self.report = report
+        self.process = subprocess.Popen([sys.executable, "-c", self.CODE, str(report), *modules], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self):
+        stdout, stderr = self.process.communicate(timeout=120)
+        assert self.process.returncode == 0, stderr
+        with open(self.report, encoding="utf-8") as file:
+            return json.load(file), stdout, stderr
 
 
 # Files, and what they hold

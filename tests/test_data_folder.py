@@ -14,7 +14,7 @@ import torchvision
 import torchvision.datasets.cifar as cifar
 import torchvision.datasets.utils
 
-from helpers import OFFLINE, ROOT, as_a_user, earlier_weights, listing, run_python, run_step1, train, write_cifar
+from helpers import as_a_user, earlier_weights, listing, run_step1, train, write_cifar
 
 
 def folder_contents(folder):
@@ -101,14 +101,15 @@ def test_a_batch_that_is_a_link_to_nothing_is_named(tmp_path, offline):
 # Data missing, damaged or unreadable: what is wrong and what to do, in one line, the user's files untouched
 
 
-def test_missing_data_offline_is_one_clear_line(tmp_path):
+def test_missing_data_offline_is_one_clear_line(tmp_path, offline):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     data_dir = tmp_path / "datasets"
-    result = run_python("step1.py", "--data-dir", data_dir, "--output", output, cwd=ROOT, md5=True, env=OFFLINE)
-    assert result.returncode == 1
-    assert result.stdout.startswith("Device") and "Training" not in result.stdout
-    [error] = result.stderr.splitlines()
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(output)])
+    assert code == 1
+    printed = "\n".join(lines)
+    assert printed.startswith("Device") and "Training" not in printed
+    [error] = err.splitlines()
     assert error.startswith("error: CIFAR-10 is not in %s and could not be downloaded" % data_dir)
     assert "cifar-10-python.tar.gz" in error and "cifar-10-batches-py/" in error and "--data-dir" in error
     assert not data_dir.exists()  # no empty folder left behind

@@ -2,8 +2,6 @@
 that load both ways), its ten scores per image, SGD that trains it, the advice its input checks give for each kind
 of wrong input, TorchScript and torch.export, CLASSES, and what importing model.py does."""
 import re
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -13,7 +11,7 @@ import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
 
-from helpers import ROOT, GuideNet, guide_training
+from helpers import GuideNet, guide_training
 from model import CLASSES, MyNet
 
 
@@ -236,9 +234,11 @@ def test_classes_are_cifar10s_in_torchvisions_order(cifar_dir, skip_md5_check):
     assert torchvision.datasets.CIFAR10(cifar_dir, train=False).classes == list(CLASSES)
 
 
-def test_importing_model_prints_nothing_and_leaves_torchvision_alone():
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys, model; sys.stderr.write(str('torchvision' in sys.modules))"],
-        cwd=ROOT, capture_output=True, text=True, check=True)
-    assert result.stdout == ""
-    assert result.stderr == "False"
+def test_importing_model_prints_nothing_and_leaves_torchvision_alone(imports_in_a_new_python):
+    """model.py, imported first in a new Python (after torch), prints nothing and does not import torchvision."""
+    found, stdout, stderr = imports_in_a_new_python
+    assert list(found)[0] == "model"
+    _, torchvision_imported = found["model"]
+    assert torchvision_imported is False
+    assert stdout == ""
+    assert stderr == ""

@@ -19,7 +19,7 @@ from PIL import Image, ImageColor
 import checkpoints
 import step1
 import stop_signals
-from helpers import CIFAR10_LABEL_NAMES, ROOT, run_python
+from helpers import CIFAR10_LABEL_NAMES, ROOT
 from model import CLASSES, MyNet
 
 
@@ -40,17 +40,9 @@ def trained_model(weights):
     return model.eval()
 
 
-def run_snippet(containing, folder):
-    """Write the README's snippet into folder as a script, and run it there as a user would."""
-    (folder / "snippet.py").write_text(readme_snippet(containing))
-    result = run_python("snippet.py", cwd=folder, env={"HOME": str(folder)})
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def exec_snippet(containing, folder, monkeypatch, replace=("", ""), **names):
-    """Run the README's snippet in this process, in folder, with one text swapped if asked and the given
-    names defined (faster than run_snippet: no new Python); return its names."""
+    """Run the README's snippet in this process, as a script of its own in folder, with one text swapped if asked and
+    the given names defined; return its names."""
     snippet = readme_snippet(containing)
     assert replace[0] in snippet
     monkeypatch.chdir(folder)
@@ -59,12 +51,15 @@ def exec_snippet(containing, folder, monkeypatch, replace=("", ""), **names):
     return namespace
 
 
-def test_loading_the_weights_classifies_a_test_image(guide_run, cifar_dir, skip_md5_check, tmp_path):
+def test_loading_the_weights_classifies_a_test_image(guide_run, cifar_dir, skip_md5_check, tmp_path, monkeypatch,
+                                                     capsys):
     _, weights = guide_run
     # The snippet reads ./my_network.pth and ~/datasets: give it both, in a folder of its own.
     shutil.copy(weights, tmp_path / "my_network.pth")
     shutil.copytree(cifar_dir, tmp_path / "datasets")
-    printed = run_snippet("image, label = test_set[0]", tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    exec_snippet("image, label = test_set[0]", tmp_path, monkeypatch)
+    printed = capsys.readouterr().out
 
     image, label = torchvision.datasets.CIFAR10(cifar_dir, train=False, transform=transforms.ToTensor())[0]
     with torch.no_grad():

@@ -8,7 +8,6 @@ import inspect
 import os
 import re
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -21,7 +20,7 @@ import failures
 import step1
 from helpers import (
     CIFAR10_LABEL_NAMES,
-    ROOT,
+    MODULES,
     TEST_IMAGES,
     TRAIN_IMAGES,
     earlier_weights,
@@ -454,7 +453,7 @@ def test_the_lr_must_be_more_than_0_and_finite_and_nothing_more(cifar_dir, tmp_p
     assert lines[-1].startswith("Saved the weights")
 
 
-def test_workers_is_gone(tmp_path):
+def test_there_is_no_workers_option(tmp_path):
     code, _, err = run_step1(["--workers", "2", "--output", str(tmp_path / "w.pth")])
     assert code == 2
     assert "unrecognized arguments: --workers 2" in err
@@ -524,23 +523,10 @@ def test_main_puts_torchs_settings_back_however_it_ends(cifar_dir, tmp_path, mon
     assert flags() == found
 
 
-MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "safe_saving", "step1"]
-
-
-def test_importing_each_module_changes_nothing():
+def test_importing_each_module_changes_nothing(imports_in_a_new_python):
     """No signal handler, no torch setting, no random number drawn, no standard output replaced: one new Python
     imports each module in turn (each with what it imports) and compares."""
-    code = ("import signal, sys, torch\n"
-            "def state():\n"
-            "    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()\n"
-            "                if number not in (signal.SIGKILL, signal.SIGSTOP)}\n"
-            "    return (handlers, torch.backends.mkldnn.enabled, torch.backends.cudnn.deterministic,\n"
-            "            torch.backends.cudnn.benchmark, torch.get_rng_state().sum().item(), sys.stdout)\n"
-            "before = state()\n"
-            "for module in sys.argv[1:]:\n"
-            "    __import__(module)\n"
-            "    print(module, 'unchanged' if state() == before else 'changed something')")
-    result = subprocess.run([sys.executable, "-c", code, *MODULES], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
-    assert result.stdout.splitlines() == [f"{module} unchanged" for module in MODULES], result.stderr
-    assert result.stderr == ""
+    found, stdout, stderr = imports_in_a_new_python
+    assert [(module, unchanged) for module, (unchanged, _) in found.items()] == [(module, True) for module in MODULES]
+    assert stdout == ""
+    assert stderr == ""

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+import torchvision
 
 import safe_saving
 import step1
@@ -25,6 +26,7 @@ from helpers import (
     kept_instead,
     python_command,
     run_on_the_tiny_data,
+    run_step1,
     run_until_the_save,
     same_weights,
     send_here,
@@ -35,41 +37,43 @@ from model import MyNet
 # Before the last update: one line, nothing saved
 
 
-def interrupted_python(tmp_path, when):
-    """A bare `python step1.py`, with a Ctrl-C once torch has begun importing itself (the first second or two), or
-    as torchvision's CIFAR10 begins to read the data (the imports done). Returns the finished process."""
+def interrupted_during_the_imports(tmp_path):
+    """A bare `python step1.py`, with a Ctrl-C once torch has begun importing itself (the first second or two).
+    Returns the finished process."""
     code = ("import builtins, os, runpy, signal, sys; real = builtins.__import__\n"
             "def hook(name, *args, **kwargs):\n"
             "    if name.startswith('torch.'):\n"
             "        builtins.__import__ = real\n"
             "        os.kill(os.getpid(), signal.SIGINT)\n"
             "    return real(name, *args, **kwargs)\n"
-            "builtins.__import__ = hook\n")
-    if when == "once they are done":
-        code = ("import os, runpy, signal, sys, torchvision; real = torchvision.datasets.CIFAR10.__init__\n"
-                "def interrupted(*args, **kwargs):\n"
-                "    os.kill(os.getpid(), signal.SIGINT)\n"
-                "    return real(*args, **kwargs)\n"
-                "torchvision.datasets.CIFAR10.__init__ = interrupted\n")
-    code += ("sys.argv = ['step1.py', '--output', sys.argv[1], '--data-dir', sys.argv[2]]\n"
-             "runpy.run_path('step1.py', run_name='__main__')")
+            "builtins.__import__ = hook\n"
+            "sys.argv = ['step1.py', '--output', sys.argv[1], '--data-dir', sys.argv[2]]\n"
+            "runpy.run_path('step1.py', run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pth"), str(tmp_path / "data")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_ctrl_c_during_the_imports_loses_nothing(tmp_path):
-    result = interrupted_python(tmp_path, "during the imports")
+    result = interrupted_during_the_imports(tmp_path)
     assert result.returncode != 0
     assert "KeyboardInterrupt" in result.stderr  # Python's own: nothing had begun
     assert result.stdout == ""
     assert os.listdir(tmp_path) == []
 
 
-def test_ctrl_c_once_the_imports_are_done_is_one_line(tmp_path):
-    result = interrupted_python(tmp_path, "once they are done")
-    assert result.stderr == "\ninterrupted: no weights were saved\n"
-    assert result.returncode == -signal.SIGINT  # as Python ends on Ctrl-C: a shell loop stops
-    assert result.stdout.startswith("Device")
+def test_ctrl_c_once_the_imports_are_done_is_one_line(tmp_path, monkeypatch):
+    """As `python step1.py` runs main() (run_step1), with a Ctrl-C as torchvision's CIFAR10 begins to read the data."""
+    real = torchvision.datasets.CIFAR10.__init__
+
+    def interrupted(*args, **kwargs):
+        send_here(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", interrupted)
+    code, lines, err = run_step1(["--output", str(tmp_path / "w.pth"), "--data-dir", str(tmp_path / "data")])
+    assert err == "\ninterrupted: no weights were saved\n"
+    assert code == -signal.SIGINT  # python step1.py ends by it, as Python ends on Ctrl-C: a shell loop stops
+    assert lines[0].startswith("Device")
     assert os.listdir(tmp_path) == []  # nor the data folder that a download would have created
 
 
