@@ -16,8 +16,10 @@ the same options, goes on from the last one, and on a CPU ends with the very wei
 import io
 import os
 import shlex
+import shutil
 import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -43,9 +45,11 @@ class Checkpoints:
         self.command = resume_command(argv)
         self.last_epoch = None  # the last finished epoch whose checkpoint is on the disk
         self.resumed = read(self.path, self.options, args.epochs) if args.resume else None
-        try:  # as --output is checked, now rather than at the end of the first epoch; about twice its size
+        # As --output is checked, now rather than at the end of the first epoch. A checkpoint is about twice the
+        # weights' size, and the next is written before the last is replaced: room for two.
+        try:
             safe_saving.check_output(self.path, what_it_holds_unless_a_checkpoint,
-                                     probe=2 * safe_saving.weights_of_a_new_mynet())
+                                     probe=4 * safe_saving.weights_of_a_new_mynet())
         except Failure as failure:
             raise Failure(f"error: the checkpoint of --output: {failure}") from failure
 
@@ -91,14 +95,28 @@ class Checkpoints:
 
 
 def resume_command(argv):
-    """The command that resumes this run, quoted for a shell: this Python, step1.py and the same options."""
+    """The command that resumes this run, as a shell takes it: this Python (by its name where the shell finds it so),
+    step1.py and the same options, each quoted."""
+    python = os.path.basename(sys.executable)
+    if shutil.which(python) != sys.executable:
+        python = sys.executable
     step1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step1.py")
     try:
         step1 = os.path.relpath(step1)
     except ValueError:  # Windows: on another drive than the current folder
         pass
     options = list(argv) if "--resume" in argv else [*argv, "--resume"]
-    return quoted(shlex.join([os.path.basename(sys.executable), step1, *options]))
+    return " ".join(shell_quoted(word) for word in [python, step1, *options])
+
+
+def shell_quoted(word):
+    """word as bash and zsh read it back: in single quotes where needed; a line break, a tab or a byte that is not
+    text in $'...', with escapes, so that the command stays one line and means the same name."""
+    if word.isprintable():
+        return shlex.quote(word)
+    escaped = "".join(chr(byte) if 32 <= byte < 127 and chr(byte) not in "\\'" else f"\\x{byte:02x}"
+                      for byte in os.fsencode(word))
+    return f"$'{escaped}'"
 
 
 def random_states(device):
@@ -144,7 +162,8 @@ def read(path, options, epochs):
                           f"{checkpoint['options'][name]}, or start from the first epoch without --resume")
     if checkpoint["epoch"] + 1 >= epochs:
         raise Failure(f"error: --resume: the checkpoint {quoted(path)} has done all {checkpoint['epoch'] + 1} epochs "
-                      f"of --epochs {epochs}; to train longer, give a higher --epochs")
+                      f"of --epochs {epochs}; to train longer, give a higher --epochs (its weights, those of the run, "
+                      f"are torch.load(path, weights_only=True)['model'])")
     return checkpoint
 
 
@@ -158,6 +177,11 @@ def checkpoint_in(file):
     """The checkpoint in an open file, checked against MyNet and SGD without using any memory; or, if the file
     holds something else, what it holds, in a few words."""
     try:
+        # torch.save writes a zip, whose every part has a checksum that torch.load does not check: a flipped bit
+        # would resume a damaged run.
+        if zipfile.ZipFile(file).testzip() is not None:
+            raise ValueError("a part that does not match its checksum")
+        file.seek(0)
         with warnings.catch_warnings():  # torch.load's warnings about what it reads: the line says enough
             warnings.simplefilter("ignore")
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
@@ -183,9 +207,14 @@ def check_contents(checkpoint):
     model.load_state_dict(dict(checkpoint["model"]), assign=True)
     parameters = list(model.parameters())
     optim.SGD(parameters, lr=1).load_state_dict(checkpoint["optimizer"])  # the same groups, of the same sizes
-    for index, state in checkpoint["optimizer"]["state"].items():
-        if state["momentum_buffer"].shape != parameters[index].shape:
+    state = checkpoint["optimizer"]["state"]
+    if checkpoint["options"]["momentum"] and len(state) != len(parameters):  # SGD keeps a momentum for each
+        raise ValueError("a momentum missing")
+    for index, parameter_state in state.items():
+        if parameter_state["momentum_buffer"].shape != parameters[index].shape:
             raise ValueError("a momentum of another shape than its weights")
+    if not all(tensor.isfinite().all() for tensor in checkpoint["model"].values()):
+        raise ValueError("weights that are no longer numbers")
     if set(checkpoint["options"]) != set(TRAINING_OPTIONS) or type(checkpoint["epoch"]) is not int \
             or checkpoint["epoch"] < 0:
         raise ValueError("other options, or no epoch")

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,7 +79,10 @@ def stop_in_epoch_1(patch, phase, stop):
 
 
 def resume_line(output, last_epoch, options):
-    command = shlex.join([os.path.basename(sys.executable), os.path.relpath(os.path.join(ROOT, "step1.py")),
+    python = os.path.basename(sys.executable)  # as a shell finds it, if it does
+    if shutil.which(python) != sys.executable:
+        python = sys.executable
+    command = shlex.join([python, os.path.relpath(os.path.join(ROOT, "step1.py")),
                           "--data-dir", options[0], "--output", str(output), "--device", "cpu", *EPOCHS, "--resume"])
     return (f"\ninterrupted during epoch {last_epoch + 1}; the checkpoint of epoch {last_epoch} is in "
             f"{output}.checkpoint. To go on from it: {command}\n")
@@ -224,8 +228,25 @@ def other_random_state(checkpoint):
     checkpoint["random"]["cpu"] = torch.zeros(10, dtype=torch.uint8)
 
 
+def no_momentum(checkpoint):
+    checkpoint["optimizer"]["state"] = {}
+
+
+def weights_no_longer_numbers(checkpoint):
+    checkpoint["model"]["fc_layers.5.bias"][0] = float("nan")
+
+
+def a_flipped_bit(data):
+    """data with one bit of its first weights' values flipped, as a failing disk or a bad copy would."""
+    start = data.index(b"data/0") + 100  # within the first tensor's bytes, past its name
+    return data[:start] + bytes([data[start] ^ 1]) + data[start + 1:]
+
+
 @pytest.mark.parametrize("kind, holds", [
     ("cut off", "nothing that torch.load can read as a checkpoint (a damaged or cut-off file, or another kind)"),
+    ("a flipped bit", "nothing that torch.load can read as a checkpoint (a damaged or cut-off file, or another kind)"),
+    ("no momentum", "a checkpoint of another network, or a damaged one"),
+    ("weights no longer numbers", "a checkpoint of another network, or a damaged one"),
     ("MyNet's weights", "something other than a checkpoint of step1.py"),
     ("another network's", "a checkpoint of another network, or a damaged one"),
     ("another optimizer's", "a checkpoint of another network, or a damaged one"),
@@ -239,9 +260,14 @@ def test_resume_from_a_file_that_is_no_checkpoint_of_mynet_says_what_it_holds(ci
         earlier_weights(path)
     else:
         changes = {"another network's": other_network, "another optimizer's": other_optimizer,
-                   "another version's": other_version, "another random state": other_random_state}
-        data = a_checkpoint[:len(a_checkpoint) // 2] if kind == "cut off" else changed_checkpoint(a_checkpoint,
-                                                                                                   changes[kind])
+                   "another version's": other_version, "another random state": other_random_state,
+                   "no momentum": no_momentum, "weights no longer numbers": weights_no_longer_numbers}
+        if kind == "cut off":
+            data = a_checkpoint[:len(a_checkpoint) // 2]
+        elif kind == "a flipped bit":
+            data = a_flipped_bit(a_checkpoint)
+        else:
+            data = changed_checkpoint(a_checkpoint, changes[kind])
         path.write_bytes(data)
     before = path.read_bytes()
     assert refused_resume(cifar_dir, output) == (
@@ -256,7 +282,8 @@ def test_resume_of_a_finished_run_without_more_epochs_says_to_give_more(cifar_di
     code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", "--resume")
     assert (code, lines) == (1, [])
     assert err == (f"error: --resume: the checkpoint {output}.checkpoint has done all 1 epochs of --epochs 1; to "
-                   f"train longer, give a higher --epochs\n")
+                   f"train longer, give a higher --epochs (its weights, those of the run, are torch.load(path, "
+                   f"weights_only=True)['model'])\n")
 
 
 def test_a_file_of_yours_where_the_checkpoint_goes_is_kept_and_refused_before_training(cifar_dir, tmp_path):
@@ -308,3 +335,12 @@ def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(cifar_dir, tmp_path):
     assert re.fullmatch(r"\ninterrupted during epoch (2; the checkpoint of epoch 1|1; the checkpoint of epoch 0) is "
                         r"in .*w\.pth\.checkpoint\. To go on from it: .* --seed 1 --resume\n", err)
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("name", ["my network.pth", "it's $HOME `here`.pth", "tab\there.pth", "line\nbreak.pth",
+                                  b"\xff\xfe.pth".decode("utf-8", "surrogateescape"), "-starts-with-a-dash.pth"])
+def test_the_resume_command_is_one_line_that_bash_reads_back_as_the_same_words(name):
+    command = checkpoints.resume_command(["--output", name, "--epochs", "3"])
+    assert "\n" not in command
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], capture_output=True, check=True).stdout
+    assert words.split(b"\0")[:-1][-5:] == [b"--output", os.fsencode(name), b"--epochs", b"3", b"--resume"]

@@ -270,7 +270,7 @@ def test_the_options_table_lists_every_option_of_help(capsys):
 
 def test_the_stop_line_the_readme_shows_is_the_one_step1_prints(monkeypatch):
     [line] = [line for line in readme().splitlines() if line.startswith("interrupted during epoch ")]
-    monkeypatch.setattr(sys, "executable", "/usr/bin/python")
+    monkeypatch.setattr(sys, "executable", shutil.which("python"))  # the Python that `python` starts
     monkeypatch.chdir(ROOT)
     args = argparse.Namespace(output="my_network.pth", seed=1, batch_size=10, lr=0.001, momentum=0.9, limit=0,
                               epochs=10, resume=False)
