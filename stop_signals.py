@@ -66,10 +66,13 @@ def do_nothing(signal_number, frame):
 
 
 class StopSignals:
-    """Within: the first stop signal raises Stopped; later ones do nothing. The handlers found are put back after."""
+    """Within: the first stop signal raises Stopped; later ones do nothing. The handlers found are put back after.
+    Once the program's work is done (deferred(the_end=True)), a stop lets it end as it would, then raises Stopped
+    as the block ends, for the program to end by that signal."""
 
     def __enter__(self):
         self.found = handlers_found() if in_the_main_thread() else {}
+        self.came_at_the_end = None
         set_handlers(self.found, self.stop)
         return self
 
@@ -77,9 +80,15 @@ class StopSignals:
         set_handlers(self.found, do_nothing)
         raise Stopped(signal_number=signal_number)
 
-    def __exit__(self, *exception):
+    def at_the_end(self, signal_number, frame):
+        if self.came_at_the_end is None:
+            self.came_at_the_end = signal_number
+
+    def __exit__(self, kind, error, traceback):
         for number, handler in self.found.items():
             signal.signal(number, handler)
+        if error is None and self.came_at_the_end is not None:  # nothing more to say: the run said how it ended
+            raise Stopped("", self.came_at_the_end)
 
 
 @contextlib.contextmanager
@@ -87,8 +96,8 @@ def deferred(the_end=False):
     """Within: a stop signal waits, so that what runs here (a save) is not cut short; after, each that came goes to
     the handler found, as if it came then. Blocking the signal instead would not do: another thread could take it.
     the_end: what runs here is the program's last work. If the handler found is StopSignals' own and all went well,
-    the program has then done its work: a stop that came, or comes later, has nothing left to stop, and does
-    nothing."""
+    the program has then done its work: a stop that came, or comes later, has nothing left to stop; the program ends
+    as it would, then by that signal (StopSignals.at_the_end), so that a shell loop stops."""
     found = handlers_found() if in_the_main_thread() else {}
     came = []
     set_handlers(found, lambda signal_number, frame: came.append(signal_number))
@@ -100,9 +109,11 @@ def deferred(the_end=False):
         done = {number for number, handler in found.items() if the_end and went_well and isinstance(
             getattr(handler, "__self__", None), StopSignals)}
         for number, handler in found.items():
-            signal.signal(number, do_nothing if number in done else handler)
+            signal.signal(number, handler.__self__.at_the_end if number in done else handler)
         for number in came:
-            if number not in done:
+            if number in done:
+                found[number].__self__.at_the_end(number, None)
+            else:
                 signal.raise_signal(number)
 
 
