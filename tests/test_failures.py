@@ -227,6 +227,15 @@ def test_standard_output_is_put_back_however_the_block_ends(ending):
     assert sys.stdout is found
 
 
+def test_a_failure_after_standard_output_was_closed_is_still_its_one_line():
+    """end_with(): flushing a closed stream raises ValueError, which silence() sets aside as it does an OSError."""
+    closed = io.TextIOWrapper(io.BytesIO())
+    closed.close()
+    with pytest.raises(SystemExit) as exit:
+        failures.end_with("error: something", closed)
+    assert exit.value.code == "error: something"
+
+
 # A stop while a failure ends the run (end_with)
 
 
