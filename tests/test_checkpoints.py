@@ -151,6 +151,12 @@ def test_a_finished_run_resumed_with_more_epochs_equals_a_run_of_that_many(cifar
     assert_resumed_as_uninterrupted(cifar_dir, output, 1, uninterrupted)
 
 
+def test_the_command_to_go_on_has_one_resume_whether_the_run_had_it_or_not():
+    """resume_command: the run's own options, with --resume added only where the run was not resumed already."""
+    for argv in (["--epochs", "3"], ["--epochs", "3", "--resume"]):
+        assert shlex.split(checkpoints.resume_command(argv))[2:] == ["--epochs", "3", "--resume"]
+
+
 def test_the_checkpoint_holds_the_epoch_options_weights_optimizer_and_random_state(cifar_dir, tmp_path):
     output = tmp_path / "my_network.pth"
     train(cifar_dir, output, "--epochs", "2", "--lr", "0.02", "--seed", "7")

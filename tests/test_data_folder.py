@@ -5,6 +5,7 @@ removes what it created, and only that."""
 import errno
 import os
 import pathlib
+import signal
 import tarfile
 import urllib.error
 import urllib.request
@@ -14,7 +15,15 @@ import torchvision
 import torchvision.datasets.cifar as cifar
 import torchvision.datasets.utils
 
-from helpers import as_a_user, earlier_weights, listing, run_step1, train, write_cifar
+from helpers import (
+    as_a_user,
+    earlier_weights,
+    listing,
+    run_step1,
+    send_here,
+    train,
+    write_cifar,
+)
 
 
 def folder_contents(folder):
@@ -233,11 +242,9 @@ def test_a_failed_download_keeps_what_others_put_in_the_folder_it_created(tmp_pa
     assert (data_dir / "notes.txt").read_text() == "mine"
 
 
-def test_a_download_cut_off_midway_leaves_no_partial_archive(tmp_path, monkeypatch):
-    data_dir = tmp_path / "datasets"
-    data_dir.mkdir()
-
-    class CutOff:  # a response that sends some bytes, then the connection drops
+def cut_off_midway(ending):
+    """A response that sends some bytes of the archive, then ending() comes: the connection drops, or a Ctrl-C."""
+    class CutOff:
         length = 170_000_000
         url = None
 
@@ -246,7 +253,7 @@ def test_a_download_cut_off_midway_leaves_no_partial_archive(tmp_path, monkeypat
 
         def read(self, size):
             if self.sent:
-                raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+                ending()
             self.sent = True
             return b"\x1f\x8b" + b"\0" * (size - 2)
 
@@ -256,10 +263,31 @@ def test_a_download_cut_off_midway_leaves_no_partial_archive(tmp_path, monkeypat
         def __exit__(self, *exception):
             pass
 
-    monkeypatch.setattr(urllib.request, "urlopen", CutOff)
+    return CutOff
+
+
+def connection_reset():
+    raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+def test_a_download_cut_off_midway_leaves_no_partial_archive(tmp_path, monkeypatch):
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    monkeypatch.setattr(urllib.request, "urlopen", cut_off_midway(connection_reset))
     code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
     assert code == 1
     [error] = [line for line in err.splitlines() if line.startswith("error")]  # torchvision's progress bar aside
     assert error.startswith(f"error: CIFAR-10 is not in {data_dir} and could not be downloaded ("), error
     assert "Connection reset by peer" in error
     assert os.listdir(data_dir) == []  # the folder was there: kept, empty as it was
+
+
+def test_ctrl_c_during_a_download_leaves_no_partial_archive(tmp_path, monkeypatch):
+    """checked() cleans up after any ending, a KeyboardInterrupt too (BaseException): nothing is left of the archive
+    or of the folder it created, and the stop ends the run with its own line."""
+    data_dir = tmp_path / "datasets"
+    monkeypatch.setattr(urllib.request, "urlopen", cut_off_midway(lambda: send_here(signal.SIGINT)))
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == -signal.SIGINT
+    assert err.endswith("\ninterrupted: no weights were saved\n")
+    assert os.listdir(tmp_path) == []

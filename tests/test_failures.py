@@ -27,9 +27,11 @@ from helpers import (
     python_command,
     refused_output,
     run_on_the_tiny_data,
+    run_step1,
     run_until_the_save,
     same_weights,
     signalled,
+    train,
 )
 from model import MyNet
 
@@ -76,6 +78,12 @@ def test_a_path_that_cannot_lead_anywhere_gets_its_own_advice(cifar_dir, tmp_pat
     assert listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("number, reason", [(errno.ENOSPC, "No space left on device"),
+                                            (errno.EDQUOT, "Disk quota exceeded")])
+def test_a_full_disk_and_a_full_quota_both_say_to_free_some_space(number, reason):
+    assert failures.why(OSError(number, reason)) == f"{reason}: free some space"
+
+
 # Names with control characters (quoted)
 
 
@@ -84,6 +92,23 @@ def test_a_name_with_a_newline_stays_one_line(cifar_dir, tmp_path):
     error = refused_output(cifar_dir, output)
     assert error.endswith(f"argument --output: {str(output)!r} cannot be written (No such file or directory: check "
                           f"that the folder is there); choose another path")
+
+
+def test_the_saved_line_quotes_a_name_with_a_newline(cifar_dir, tmp_path):
+    """The last line, "Saved the weights to", names --output by failures.quoted: one line, in Python's quotes."""
+    output = tmp_path / "my\nnetwork.pth"
+    lines = train(cifar_dir, output, "--epochs", "1", "--limit", "10")
+    assert lines[-1].startswith(f"Saved the weights to {str(output)!r} (training and testing took ")
+    assert lines[-2] == ""
+
+
+def test_data_that_is_not_in_a_folder_with_a_newline_is_one_line(tmp_path, offline):
+    """data_folder.checked's line for missing data names --data-dir by failures.quoted."""
+    data_dir = tmp_path / "data\nsets"
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    [line] = err.splitlines()
+    assert line.startswith(f"error: CIFAR-10 is not in {str(data_dir)!r} and could not be downloaded (")
 
 
 @pytest.mark.parametrize("name", ["a\u2028b.pth", "a\x85b.pth", "a\x1b[2Jb.pth", "a\tb.pth"])
@@ -157,6 +182,27 @@ def test_standard_output_closed_after_the_last_update_saves_first(cifar_dir, tmp
     assert same_weights(output, one_epoch_weights)
 
 
+class AsciiOutput(io.TextIOWrapper):
+    """Standard output whose encoding is ASCII (LANG=C, or an old terminal): it cannot show a name's é."""
+
+    def __init__(self):
+        super().__init__(io.BytesIO(), encoding="ascii")
+
+    def getvalue(self):
+        self.flush()
+        return self.buffer.getvalue().decode("ascii")
+
+
+def test_a_name_that_the_outputs_encoding_cannot_show_is_printed_with_escapes(cifar_dir, tmp_path):
+    """StandardOutput.write: what the encoding cannot show is written as backslash escapes, not a failure."""
+    output = tmp_path / "réseau.pth"
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", "--limit", "10", out=AsciiOutput())
+    assert code == 0, err
+    escaped = str(output).replace("é", "\\xe9")
+    assert lines[-1].startswith(f"Saved the weights to {escaped} (training and testing took ")
+    assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+
+
 def test_standard_output_closed_from_the_start_is_no_error(cifar_dir, tmp_path, monkeypatch, skip_md5_check):
     """`python step1.py >&-`: Python then has no sys.stdout, and print() prints nothing."""
     monkeypatch.setattr(sys, "stdout", None)
@@ -179,6 +225,15 @@ def test_standard_output_is_put_back_however_the_block_ends(ending):
             if ending == "a stop":
                 raise KeyboardInterrupt
     assert sys.stdout is found
+
+
+def test_a_failure_after_standard_output_was_closed_is_still_its_one_line():
+    """end_with(): flushing a closed stream raises ValueError, which silence() sets aside as it does an OSError."""
+    closed = io.TextIOWrapper(io.BytesIO())
+    closed.close()
+    with pytest.raises(SystemExit) as exit:
+        failures.end_with("error: something", closed)
+    assert exit.value.code == "error: something"
 
 
 # A stop while a failure ends the run (end_with)

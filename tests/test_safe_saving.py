@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import threading
+import uuid
 import warnings
 import zipfile
 
@@ -364,6 +365,43 @@ def test_the_new_file_is_on_the_disk_with_all_its_data_before_it_takes_the_name(
     # Its fsync: once every byte was written (the size it has now), and before the rename.
     assert ("fsync", saved.st_ino, saved.st_size) in events[:events.index(rename)]
 
+
+
+def test_the_folder_is_synced_after_the_rename(tmp_path, monkeypatch):
+    """write_then_rename: the file written and synced, renamed, then its folder synced (sync_the_folder), so that
+    the new name too is on the disk, not only the new file."""
+    events = []
+    real_fsync = os.fsync
+    real_replace = os.replace
+
+    def recording_fsync(fd):
+        status = os.fstat(fd)
+        events.append(("fsync", status.st_ino, status.st_size if stat.S_ISREG(status.st_mode) else "a folder"))
+        return real_fsync(fd)
+
+    def recording_replace(source, target, **dir_fds):
+        events.append(("replace", os.stat(source, dir_fd=dir_fds.get("src_dir_fd")).st_ino))
+        return real_replace(source, target, **dir_fds)
+
+    monkeypatch.setattr(safe_saving.os, "fsync", recording_fsync)  # safe_saving.os is os: undone after the test
+    monkeypatch.setattr(safe_saving.os, "replace", recording_replace)
+    output = tmp_path / "my_network.pth"
+    safe_saving.save_weights(some_weights(), str(output))
+    saved = os.stat(output)
+    assert events == [("fsync", saved.st_ino, saved.st_size), ("replace", saved.st_ino),
+                      ("fsync", os.stat(tmp_path).st_ino, "a folder")]
+
+
+def test_a_file_of_yours_with_the_temporary_files_name_is_left_alone(tmp_path, monkeypatch):
+    """write_then_rename creates its temporary file only where no file has that name (O_EXCL): a file of yours that
+    has it is neither overwritten nor renamed, and the save fails with the system's reason."""
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID("abcdef12" + 24 * "0"))
+    yours = tmp_path / "step1-abcdef12.tmp"
+    yours.write_text("yours")
+    with pytest.raises(FileExistsError):
+        safe_saving.write_then_rename(safe_saving.as_bytes(some_weights()), str(tmp_path / "my_network.pth"))
+    assert os.listdir(tmp_path) == ["step1-abcdef12.tmp"]
+    assert yours.read_text() == "yours"
 
 class OnTheGpu(torch.Tensor):
     """A tensor that says it lives on CUDA, as a GPU run's weights do; its values are on the CPU, and .cpu() is

@@ -112,6 +112,29 @@ def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, mon
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
+def test_a_stop_after_an_earlier_loss_line_of_the_last_epoch_leaves_nothing(cifar_dir, tmp_path, monkeypatch):
+    """keeper.hold comes after the last mini-batch of the last epoch, not at its first loss line: with --log-interval
+    4, a stop in the 6th of 12 mini-batches saves no half-trained weights over the earlier file."""
+    output = tmp_path / "my_network.pth"
+    earlier = earlier_weights(output)
+    calls = []
+    real_to_float = step1.to_float
+
+    def to_float_killed_in_the_6th_step(images):
+        calls.append(1)
+        if len(calls) == 6:
+            send_here(signal.SIGTERM)
+        return real_to_float(images)
+
+    monkeypatch.setattr(step1, "to_float", to_float_killed_in_the_6th_step)
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", "--log-interval", "4")
+    assert code == -signal.SIGTERM
+    assert err == "\ninterrupted: no weights were saved\n"
+    assert lines[-1].startswith("Epoch :  0, mini-batch :    4, loss : ")
+    assert output.read_bytes() == earlier
+    assert os.listdir(tmp_path) == ["my_network.pth"]
+
+
 def test_a_hangup_before_the_last_update_is_one_line_and_saves_nothing(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
@@ -342,6 +365,22 @@ def test_main_alone_passes_a_stop_during_the_save_to_the_callers_handler(cifar_d
         signal.signal(signal.SIGTERM, found)
     assert code == 0, err
     assert came == [signal.SIGTERM]  # once, after the save
+    assert same_weights(output, one_epoch_weights)
+
+
+def test_main_alone_passes_a_ctrl_c_during_the_save_on_to_the_caller_once_saved(cifar_dir, tmp_path, monkeypatch,
+                                                                                one_epoch_weights):
+    """Python's own Ctrl-C handler, as in a notebook: the KeyboardInterrupt it raises once the save is done ends
+    main(), with the weights saved; the caller's Ctrl-C is not lost."""
+    output = tmp_path / "my_network.pth"
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True, only_if=the_weights)
+        code, lines, _ = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", as_a_script=False)
+    finally:
+        signal.signal(signal.SIGINT, found)
+    assert code == -signal.SIGINT
+    assert not any(line.startswith("Saved the weights") for line in lines)
     assert same_weights(output, one_epoch_weights)
 
 
