@@ -93,6 +93,15 @@ def test_a_name_with_any_unprintable_character_is_quoted(name):
     assert failures.quoted("mon réseau ✓.pth") == "mon réseau ✓.pth"
 
 
+def test_a_name_that_is_not_text_shows_the_bytes_the_user_typed(cifar_dir, tmp_path):
+    """A Latin-1 name on a UTF-8 system: Python keeps its byte 0xe9 as '\\udce9', which no user typed."""
+    output = os.path.join(str(tmp_path), "missing", os.fsdecode(b"r\xe9seau.pth"))
+    error = refused_output(cifar_dir, output)
+    assert error.endswith(f"argument --output: '{tmp_path}/missing/r\\xe9seau.pth' cannot be written (No such file or "
+                          f"directory: check that the folder is there); choose another path")
+    assert failures.quoted(os.fsdecode(b"it's\n\xff")) == "'it\\'s\\n\\xff'"
+
+
 # Standard output (StandardOutput, one_line_for_failures)
 
 
