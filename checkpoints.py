@@ -41,6 +41,7 @@ class Checkpoints:
         self.path = args.output + ".checkpoint"
         self.options = {name: getattr(args, name) for name in TRAINING_OPTIONS}
         self.command = resume_command(argv)
+        self.epochs = args.epochs
         self.last_epoch = None  # the last finished epoch whose checkpoint is on the disk
         self.resumed = read(self.path, self.options, args.epochs) if args.resume else None
         try:  # as --output is checked, now rather than at the end of the first epoch; about twice its size
@@ -83,7 +84,8 @@ class Checkpoints:
         return self
 
     def __exit__(self, kind, error, traceback):
-        if isinstance(error, KeyboardInterrupt) and self.last_epoch is not None:
+        # Once every epoch's checkpoint is saved, there is nothing to go on from: a stop then is the weights' concern.
+        if isinstance(error, KeyboardInterrupt) and self.last_epoch is not None and self.last_epoch + 1 < self.epochs:
             raise stop_signals.stopped_again(
                 error, f"\ninterrupted during epoch {self.last_epoch + 1}; the checkpoint of epoch {self.last_epoch} "
                        f"is in {quoted(self.path)}. To go on from it: {self.command}") from None

@@ -340,6 +340,28 @@ def test_main_alone_passes_a_stop_during_the_save_to_the_callers_handler(cifar_d
     assert same_weights(output, one_epoch_weights)
 
 
+@pytest.mark.parametrize("when", ["during the save", "after the last update"])
+def test_main_alone_passes_ctrl_c_on_to_its_caller_once_the_weights_are_saved(cifar_dir, tmp_path, monkeypatch,
+                                                                             skip_md5_check, one_epoch_weights, when):
+    """From Python (a notebook), Ctrl-C is Python's own KeyboardInterrupt: the caller gets it, after the save. During
+    the save, as it came; after the last update, with the line that says the weights were saved first."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    output = tmp_path / "my_network.pth"
+    if when == "during the save":
+        signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True, only_if=the_weights)
+    else:
+        signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        step1.main(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    if when == "during the save":
+        assert type(stop.value) is KeyboardInterrupt and str(stop.value) == ""  # not a line about a --resume
+        assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
+    else:
+        assert str(stop.value) == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped"
+        assert os.listdir(tmp_path) == ["my_network.pth"]
+    assert same_weights(output, one_epoch_weights)
+
+
 def test_main_trains_from_a_thread(cifar_dir, tmp_path, skip_md5_check):
     results = []
 
