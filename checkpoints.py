@@ -12,7 +12,11 @@ the same options, goes on from the last one, and on a CPU ends with the very wei
 - It is read with torch.load(..., weights_only=True): dicts, tensors, numbers and strings, never code. Anything
   wrong with it (missing, damaged, another network's, other options) is one line, before the data is read.
 - It is kept after a run that finishes: --resume with a higher --epochs then trains longer.
+
+main() seeds torch's random numbers, so a notebook that calls it would then draw the same numbers whatever seed it had
+set: random_numbers_given_back gives a caller its own random states back, however main() ends.
 """
+import functools
 import io
 import os
 import shlex
@@ -112,6 +116,29 @@ def random_states(device):
     if device.type == "mps":
         states["mps"] = torch.mps.get_rng_state()
     return states
+
+
+def random_numbers_given_back(main):
+    """main(), giving back the random states that it found: the CPU's and those of the GPUs already started (CUDA's,
+    Apple's MPS). A GPU that main() starts had drawn nothing for the caller: it is seeded again as it would have been,
+    with the caller's last torch.manual_seed (lazily, if main() did not start it)."""
+    @functools.wraps(main)
+    def given_back(*args, **kwargs):
+        seed = torch.initial_seed()  # what the caller's last torch.manual_seed set, on every device
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        mps = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
+        try:
+            return main(*args, **kwargs)
+        finally:
+            torch.set_rng_state(cpu)
+            if cuda is None:
+                torch.cuda.manual_seed_all(seed)
+            else:
+                torch.cuda.set_rng_state_all(cuda)
+            if mps is not None:
+                torch.mps.set_rng_state(mps)
+    return given_back
 
 
 def set_random_states(states, device):

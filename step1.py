@@ -31,6 +31,7 @@ import stop_signals
 from model import CLASSES, MyNet
 
 
+@checkpoints.random_numbers_given_back  # main() seeds torch's random numbers; a caller's are as it had them, after
 def main(argv=()):
     # Parameters: the guide's values are the defaults
     parser = argparse.ArgumentParser(description="Train MyNet on CIFAR-10 and save its weights.",

@@ -27,6 +27,7 @@ from helpers import (
     run_on_the_tiny_data,
     same_weights,
     send_here,
+    signalled,
     skip_md5,
     train,
 )
@@ -308,3 +309,25 @@ def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(cifar_dir, tmp_path):
     assert re.fullmatch(r"\ninterrupted during epoch (2; the checkpoint of epoch 1|1; the checkpoint of epoch 0) is "
                         r"in .*w\.pth\.checkpoint\. To go on from it: .* --seed 1 --resume\n", err)
     assert time.monotonic() - start < 30
+
+
+# The caller's random numbers (random_numbers_given_back)
+
+
+@pytest.mark.parametrize("ending", ["trained", "stopped during training", "diverged"])
+def test_main_gives_its_caller_the_random_numbers_it_had(cifar_dir, tmp_path, monkeypatch, ending):
+    """main() seeds torch's random numbers: a notebook that calls it must draw after it what it would have drawn
+    without it, whatever seed it had set, however main() ends."""
+    torch.manual_seed(1234)
+    torch.rand(5)  # drawn before: the state is not only the seed
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    torch.rand(5)
+    extra = ["--epochs", "1", "--limit", "20"]
+    if ending == "stopped during training":
+        signalled(monkeypatch, "step1.to_float", signal.SIGINT)
+    elif ending == "diverged":
+        extra += ["--lr", "1e300"]
+    code, _, _ = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", *extra)
+    assert code == {"trained": 0, "stopped during training": -signal.SIGINT, "diverged": 1}[ending]
+    assert torch.equal(torch.rand(3), expected)
