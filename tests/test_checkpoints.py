@@ -93,9 +93,12 @@ def assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted
     assert same_weights(output, expected_weights)  # bitwise
 
 
-# Each phase with Ctrl-C; the other stop signals, which step1.py handles as it handles Ctrl-C, in one phase each.
+# Each phase with Ctrl-C; the other stop signals, which step1.py handles as it handles Ctrl-C, in one phase each: a
+# kill, a closed terminal, Slurm's warnings before a time limit (USR1, USR2), a CPU-time limit (XCPU), an alarm.
 @pytest.mark.parametrize("phase, number", [(phase, signal.SIGINT) for phase in PHASES]
-                         + [(PHASES[0], signal.SIGTERM), (PHASES[2], signal.SIGHUP)])
+                         + [(PHASES[0], signal.SIGTERM), (PHASES[2], signal.SIGHUP)]
+                         + [(PHASES[0], number) for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU,
+                                                               signal.SIGALRM)])
 def test_a_run_stopped_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cifar_dir, tmp_path, uninterrupted,
                                                                               phase, number):
     output = tmp_path / "my_network.pth"

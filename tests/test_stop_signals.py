@@ -164,12 +164,16 @@ def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_pat
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_hangup_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeypatch, one_epoch_weights):
+# A closed terminal, Slurm's warnings before a time limit (USR1, USR2), a CPU-time limit (XCPU), an alarm
+@pytest.mark.parametrize("number", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU, signal.SIGALRM],
+                         ids=lambda number: signal.Signals(number).name)
+def test_any_stop_signal_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeypatch, one_epoch_weights,
+                                                           number):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
-    signalled(monkeypatch, "step1.accuracy", signal.SIGHUP, before=True)  # a closed terminal, training done
+    signalled(monkeypatch, "step1.accuracy", number, before=True)  # training done
     code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
-    assert code == -signal.SIGHUP
+    assert code == -number
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
     assert same_weights(output, one_epoch_weights)
     assert os.listdir(tmp_path) == ["my_network.pth"]
