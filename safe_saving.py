@@ -7,22 +7,33 @@ Minutes of training are lost if the save fails, and a user's file is lost if the
   a nameless file of the weights' size written in the folder, so that a full disk or a size limit shows then) and
   again right before the rename, since the file may have changed meanwhile.
 - The weights go to a new file beside --output, which takes its name only when complete: a crash or a power cut
-  midway leaves the earlier file whole. It gets the earlier file's permission bits, owner and group.
+  midway leaves the earlier file whole. It is private (0600) until it holds them, then gets everything that decided
+  who may read the earlier file: owner and group, ACL and other extended attributes, permission bits.
+- A folder that the system keeps from changing (append-only or immutable, even to root: chattr) is refused, before
+  training and at the save: there the rename would fail, and leave a file that only root could remove.
 - If that fails, for whatever reason, the same bytes go to a new file in the temporary folder, else the current
   folder, else the home folder, and one line names it. Stop signals wait until the save is done.
 - KeepTrainedWeights: once the last update is done, however the run ends (a stop signal, an error), the weights
   are saved first.
 """
 import argparse
+import collections
 import contextlib
+import errno
 import functools
 import io
 import os
 import stat
+import struct
 import tempfile
 import uuid
 import warnings
 from collections.abc import Mapping
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 
@@ -55,7 +66,7 @@ def check_output(path, holds_something_else=None, probe=None):
                 file.write(probe or weights_of_a_new_mynet())  # the weights' size, whatever their values
                 file.flush()
                 os.fsync(file.fileno())  # some disks say they are full only now
-                take_mode_and_owner(file.fileno(), earlier)
+                take_permissions(file.fileno(), path, earlier)
     except OSError as error:
         raise Failure(f"{quoted(path)} cannot be written ({why(error)}); choose another path") from error
 
@@ -72,15 +83,49 @@ def in_folder(path):
     except FileNotFoundError as error:  # named by the file's path: its folder is what is missing
         raise FileNotFoundError(error.errno, error.strerror, path) from None
     try:
+        with contextlib.suppress(OSError):  # a folder that cannot be read: the system says why later, if it matters
+            attribute = unchangeable(os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder), close=True)
+            if attribute:
+                raise Failure(f"{quoted(path)} cannot be written: its folder is {attribute}; choose another path")
         yield folder, os.path.basename(path)
     finally:
         os.close(folder)
 
 
+# What lsattr shows: Linux's inode flags (FS_IOC_GETFLAGS, _IOR('f', 1, long)), or BSD's and macOS's st_flags.
+FS_IOC_GETFLAGS = 0x80006601 | struct.calcsize("l") << 16
+LINUX_FLAGS = {0x10: "immutable (lsattr shows i)", 0x20: "append-only (lsattr shows a)"}
+BSD_FLAGS = {getattr(stat, "UF_IMMUTABLE", 0) | getattr(stat, "SF_IMMUTABLE", 0): "immutable (ls -lO shows uchg)",
+             getattr(stat, "UF_APPEND", 0) | getattr(stat, "SF_APPEND", 0): "append-only (ls -lO shows uappnd)"}
+
+
+def unchangeable(descriptor, close=False):
+    """What keeps an open file or folder from being changed, even by root, as the system says it: "immutable (lsattr
+    shows i)" or "append-only (lsattr shows a)"; None if nothing does, or the system keeps no such attribute."""
+    try:
+        flags = getattr(os.fstat(descriptor), "st_flags", None)
+        if flags is not None:
+            return next((name for mask, name in BSD_FLAGS.items() if flags & mask), None)
+        if fcntl is None:
+            return None
+        try:
+            flags = struct.unpack("i", fcntl.ioctl(descriptor, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+        except OSError:  # a file system without such flags (ENOTTY, EINVAL, EOPNOTSUPP)
+            return None
+        return next((name for mask, name in LINUX_FLAGS.items() if flags & mask), None)
+    finally:
+        if close:
+            os.close(descriptor)
+
+
+# An earlier file at --output: its lstat, and its extended attributes by name (its ACL among them, on Linux).
+Earlier = collections.namedtuple("Earlier", "status attributes")
+
+
 def replaceable(folder, name, path, holds_something_else=None):
-    """The lstat of the earlier file that the weights may replace, or None if there is none. Raises Failure for one
-    that must be kept, and the system's OSError for one that cannot be replaced. holds_something_else(file): None if
-    the open file may be replaced, else what it holds; by default, what_it_holds_unless_mynet_weights."""
+    """The earlier file that the weights may replace (Earlier), or None if there is none. Raises Failure for one that
+    must be kept, and the system's OSError for one that cannot be replaced. holds_something_else(file): None if the
+    open file may be replaced, else what it holds; by default, what_it_holds_unless_mynet_weights."""
     try:
         earlier = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
@@ -91,8 +136,15 @@ def replaceable(folder, name, path, holds_something_else=None):
     if not earlier.st_mode & stat.S_IWUSR:
         raise Failure(f"{quoted(path)} is write-protected; choose another path, or make it writable (chmod u+w)")
     # Opened for writing, though only read: refused for an immutable or append-only file, even to root.
-    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    with open(os.open(name, flags, dir_fd=folder), "rb") as file:
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(name, os.O_RDWR | flags, dir_fd=folder)
+    except PermissionError as error:
+        failure = refused(folder, name, path, flags)
+        if failure is None:
+            raise
+        raise failure from error
+    with open(descriptor, "rb") as file:
         opened = os.fstat(file.fileno())
         if (opened.st_dev, opened.st_ino) != (earlier.st_dev, earlier.st_ino):  # replaced between the two looks
             raise Failure(f"{quoted(path)} changed while it was checked; run again")
@@ -100,9 +152,36 @@ def replaceable(folder, name, path, holds_something_else=None):
             what = f"{opened.st_size / 1e6:.0f} MB, far more than MyNet's weights"
         else:
             what = (holds_something_else or what_it_holds_unless_mynet_weights)(file)
+        attributes = extended_attributes(file.fileno())
     if what:
         raise Failure(f"{quoted(path)} holds {what}; choose another path, to keep it")
-    return earlier
+    return Earlier(earlier, attributes)
+
+
+def refused(folder, name, path, flags):
+    """Why the system refused to open a file for reading and writing, when it says more than its errno: the file
+    cannot be read, so what it holds cannot be checked; or it is immutable or append-only. None otherwise."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | flags, dir_fd=folder)
+    except OSError as error:
+        return Failure(f"{quoted(path)} cannot be read ({why(error)}), so what it holds cannot be checked; choose "
+                       f"another path")
+    attribute = unchangeable(descriptor, close=True)
+    return Failure(f"{quoted(path)} is {attribute}; choose another path") if attribute else None
+
+
+def extended_attributes(descriptor):
+    """An open file's extended attributes, by name: its ACL (system.posix_acl_access on Linux), its SELinux label,
+    the user's own. None where the system or the file system keeps none."""
+    if not hasattr(os, "listxattr"):  # not Linux
+        return {}
+    try:
+        names = os.listxattr(descriptor)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    return {name: os.getxattr(descriptor, name) for name in names}
 
 
 def what_it_holds_unless_mynet_weights(file):
@@ -129,16 +208,39 @@ def what_it_holds_unless_mynet_weights(file):
     return None
 
 
-def take_mode_and_owner(file, earlier):
-    """Give a new file the permission bits, owner and group of the earlier regular file it is to replace (if any): a
-    private file stays private, and a user's file stays theirs when root replaces it. Owner first: Linux clears the
-    setuid and setgid bits on a chown."""
+def take_permissions(file, path, earlier, new_mode=0o666):
+    """Give a new file, made private (0600), everything that decided who may read the earlier file it is to replace
+    (an Earlier): a private file stays private, and a user's file stays theirs when root replaces it. Owner first
+    (Linux clears the setuid and setgid bits on a chown), then the extended attributes (the ACL), then the permission
+    bits. With no earlier file: new_mode less the umask, as the system gives a new file."""
     if earlier is None:
+        os.fchmod(file, new_mode & ~umask())
         return
+    status = earlier.status
     new = os.fstat(file)
-    if (new.st_uid, new.st_gid) != (earlier.st_uid, earlier.st_gid):
-        os.fchown(file, earlier.st_uid, earlier.st_gid)  # refused unless root, or a group you are in
-    os.fchmod(file, stat.S_IMODE(earlier.st_mode))
+    if (new.st_uid, new.st_gid) != (status.st_uid, status.st_gid):
+        try:
+            os.fchown(file, status.st_uid, status.st_gid)  # refused unless root, or a group you are in
+        except PermissionError as error:
+            whose = (f"another user's (user {status.st_uid})" if new.st_uid != status.st_uid
+                     else f"in a group that you are not in (group {status.st_gid})")
+            raise Failure(f"{quoted(path)} is {whose}, and a new file cannot keep that ({error.strerror}); choose "
+                          f"another path") from error
+    for name, value in earlier.attributes.items():
+        os.setxattr(file, name, value)
+    os.fchmod(file, stat.S_IMODE(status.st_mode))
+
+
+def umask():
+    """The process's umask, read where the system shows it (/proc/self/status, Linux 4.7 and later): os.umask reads
+    it only by setting another, which a file made meanwhile by another thread would get."""
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    found = os.umask(0o077)  # meanwhile, private
+    os.umask(found)
+    return found
 
 
 @functools.lru_cache(maxsize=1)  # the same bytes each time: made once
@@ -200,14 +302,15 @@ def write_then_rename(data, path, new_mode=0o666, holds_something_else=None):
         temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
         if folder is None:
             temporary = os.path.join(os.path.dirname(path), temporary)
-        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), new_mode,
+        # Private until it takes its permissions: no one else opens it meanwhile.
+        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600,
                             dir_fd=folder), "wb")
         try:
             with file:
                 file.write(data)
                 file.flush()
                 earlier = replaceable(folder, name, path, holds_something_else)  # again: it may have changed
-                take_mode_and_owner(file.fileno(), earlier)  # after the data: a write clears setuid and setgid
+                take_permissions(file.fileno(), path, earlier, new_mode)  # after the data: a write clears setuid
                 os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
             if not unchanged(folder, name, earlier):  # during the sync, which can take long on a network disk
                 raise Failure(f"{quoted(path)} changed while the weights were saved; choose another path")
@@ -238,8 +341,9 @@ def unchanged(folder, name, earlier):
         now = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return earlier is None
-    return earlier is not None and ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
-                                    == (earlier.st_dev, earlier.st_ino, earlier.st_size, earlier.st_mtime_ns))
+    before = earlier and earlier.status
+    return before is not None and ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+                                   == (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns))
 
 
 class KeepTrainedWeights:
