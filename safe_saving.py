@@ -11,8 +11,9 @@ Minutes of training are lost if the save fails, and a user's file is lost if the
   who may read the earlier file: owner and group, ACL and other extended attributes, permission bits.
 - A folder that the system keeps from changing (append-only or immutable, even to root: chattr) is refused, before
   training and at the save: there the rename would fail, and leave a file that only root could remove.
-- If that fails, for whatever reason, the same bytes go to a new file in the temporary folder, else the current
-  folder, else the home folder, and one line names it. Stop signals wait until the save is done.
+- If that fails, for whatever reason, the same bytes go to a new file in a temporary folder (each that Python's
+  tempfile would take), else the current folder, else the home folder, and one line names it. Stop signals wait until
+  the save is done.
 - KeepTrainedWeights: once the last update is done, however the run ends (a stop signal, an error), the weights
   are saved first.
 """
@@ -283,13 +284,18 @@ def reason(error):
 
 
 def places_to_keep_them():
-    """The temporary folder, the current folder, the home folder: each once, in that order."""
+    """Each temporary folder that Python's tempfile would consider (the one it has chosen, then $TMPDIR, $TEMP, $TMP,
+    then the system's: /tmp, /var/tmp...), the current folder, the home folder: each once, in that order. Not only
+    the one that tempfile.gettempdir() chose: it chose by a file of a few bytes, which fits where the weights may not.
+    """
     places = []
-    for find in (tempfile.gettempdir, os.getcwd, lambda: os.path.expanduser("~")):
+    candidates = getattr(tempfile, "_candidate_tempdir_list", list)  # tempfile's own list: private, but in every Python
+    for find in (lambda: [tempfile.tempdir or tempfile.gettempdir()], candidates, lambda: [os.getcwd()],
+                 lambda: [os.path.expanduser("~")]):
         with contextlib.suppress(OSError):  # no usable temporary folder, or the current one removed
-            place = os.path.abspath(find())
-            if place not in places:
-                places.append(place)
+            for place in map(os.path.abspath, find()):
+                if place not in places:
+                    places.append(place)
     return places
 
 

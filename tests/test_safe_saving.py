@@ -16,6 +16,7 @@ import socket
 import stat
 import struct
 import subprocess
+import tempfile
 import threading
 import warnings
 import zipfile
@@ -807,6 +808,31 @@ def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_
                                 f"{temporary_folder} ({missing}), nor to {tmp_path / 'home'} ({missing}): "
                                 f"they are lost"]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_save_that_fails_tries_each_temporary_folder_that_python_would(cifar_dir, tmp_path, small_disk, monkeypatch,
+                                                                         one_epoch_weights):
+    """$TMPDIR nearly full: tempfile.gettempdir() chooses it (its test file of a few bytes fits), the weights do not.
+    The next folder that tempfile would take, $TMP, has room."""
+    disk = small_disk(512)
+    fill(disk / "filler")
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - 64 * 1024)
+    for folder in ("tmp", "work", "home", "run"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # not chosen yet
+    monkeypatch.setenv("TMPDIR", str(disk))
+    monkeypatch.delenv("TEMP", raising=False)
+    monkeypatch.setenv("TMP", str(tmp_path / "tmp"))
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tempfile.gettempdir() == str(disk)
+    output = tmp_path / "run" / "my_network.pth"
+    code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    assert code == 1
+    kept = kept_instead(err, output, "No such file or directory: check that the folder is there", tmp_path / "tmp")
+    assert same_weights(kept, one_epoch_weights)
+    assert os.listdir(disk) == ["filler"]
+    assert os.listdir(tmp_path / "work") == os.listdir(tmp_path / "home") == []
 
 
 @pytest.mark.parametrize("refused", ["the temporary folder", "the temporary and current folders"])
