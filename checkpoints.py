@@ -127,7 +127,7 @@ def random_numbers_given_back(main):
         seed = torch.initial_seed()  # what the caller's last torch.manual_seed set, on every device
         cpu = torch.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        mps = torch.mps.get_rng_state() if torch.backends.mps.is_available() else None
+        mps = torch.mps.get_rng_state() if torch.backends.mps.is_built() and torch.backends.mps.is_available() else None
         try:
             return main(*args, **kwargs)
         finally:
