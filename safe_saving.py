@@ -26,6 +26,7 @@ import io
 import os
 import stat
 import struct
+import sys
 import tempfile
 import uuid
 import warnings
@@ -355,7 +356,8 @@ def unchanged(folder, name, earlier):
 class KeepTrainedWeights:
     """Within: once hold(model) has been called, the last update done, any ending of the block saves the weights
     first: a stop signal (Ctrl-C, a kill, a closed terminal), an error, or standard output that cannot be written.
-    save() saves them at the end of a run that went well; a stop signal waits until it is done."""
+    save() saves them at the end of a run that went well; a stop signal waits until it is done. Standard output is
+    flushed as the block ends, so that a failure to print the last lines also says that the weights were saved."""
 
     def __init__(self, path):
         self.path = path
@@ -378,10 +380,18 @@ class KeepTrainedWeights:
             self.ending = "saved"
 
     def __exit__(self, kind, error, traceback):
+        if self.ending == "saved":  # by save(): a failure after it, such as the last lines' printing, says so too
+            if error is None and sys.stdout is not None:
+                try:
+                    sys.stdout.flush()  # what is still buffered: a full disk or a closed pipe shows now
+                except Failure as failure:
+                    error = failure
+            if isinstance(error, Failure):
+                raise Failure(f"{error}; the weights were saved to {quoted(self.path)}") from error
+            return False  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
         if error is None or self.model is None:
             return False
-        saved_now = self.ending is None
-        if saved_now:
+        if self.ending is None:
             with contextlib.suppress(Failure, KeyboardInterrupt):  # self.ending says how it went
                 self.save(self.model.state_dict())
         if isinstance(self.ending, Failure):  # kept elsewhere, or lost: that line, whatever else came
@@ -389,8 +399,6 @@ class KeepTrainedWeights:
                 return False
             raise self.ending from None
         if self.ending is None:  # the save itself was cut short: nothing saved, and the ending says so
-            return False
-        if not saved_now:  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
             return False
         if isinstance(error, KeyboardInterrupt):  # still a stop: it ends the program as its signal would
             raise stop_signals.stopped_again(

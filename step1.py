@@ -140,8 +140,8 @@ def main(argv=()):
 
         # Saving: the weights only (a state_dict), as the guide saves them
         keeper.save(model.state_dict())
-    took = time.perf_counter() - start
-    print(f"\nSaved the weights to {failures.quoted(args.output)} (training and testing took {took:.0f} s)")
+        took = time.perf_counter() - start
+        print(f"\nSaved the weights to {failures.quoted(args.output)} (training and testing took {took:.0f} s)")
 
 
 def as_a_list(argv):

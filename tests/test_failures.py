@@ -132,7 +132,8 @@ def test_standard_output_that_cannot_be_written_is_one_line(cifar_dir, tmp_path)
         assert process.returncode == 1, where
         reason = "No space left on device: free some space" if where == "/dev/full" else (
             "Broken pipe: the program reading the output has stopped; send it to a file instead")
-        assert err.splitlines() == [f"error: could not print to the standard output ({reason})"]
+        saved = "" if where.endswith("unbuffered") else f"; the weights were saved to {output}"
+        assert err.splitlines() == [f"error: could not print to the standard output ({reason}){saved}"]
         if where.endswith("unbuffered"):
             assert output.read_bytes() == earlier
             assert os.listdir(output.parent) == ["my_network.pth"]
@@ -163,6 +164,39 @@ def test_standard_output_closed_after_the_last_update_saves_first(cifar_dir, tmp
     assert err.splitlines() == [
         "error: could not print to the standard output (Broken pipe: the program reading the output has stopped; "
         f"send it to a file instead); the weights were saved to {output} first"]
+    assert same_weights(output, one_epoch_weights)
+
+
+class Buffered(io.TextIOWrapper):
+    """Standard output to a file or a pipe, buffered as Python buffers it there: the lines wait, and are written only
+    when the buffer is flushed. No lines to give back: getvalue() is for run_step1."""
+
+    def getvalue(self):
+        return ""
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "a pipe whose reader has ended"])
+def test_output_that_fails_at_the_last_flush_says_that_the_weights_were_saved(cifar_dir, tmp_path, one_epoch_weights,
+                                                                           where):
+    """`python step1.py > /dev/full`, or `| true`: every line waits in the buffer, and the writing fails only at the
+    end, once the weights are saved. The line says both."""
+    output = tmp_path / "my_network.pth"
+    if where == "/dev/full":
+        out = Buffered(open("/dev/full", "wb"))
+    else:
+        read, written = os.pipe()
+        os.close(read)
+        out = Buffered(open(written, "wb"))
+    try:
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", out=out)
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+    assert code == 1
+    reason = "No space left on device: free some space" if where == "/dev/full" else (
+        "Broken pipe: the program reading the output has stopped; send it to a file instead")
+    assert err.splitlines() == [f"error: could not print to the standard output ({reason}); the weights were saved "
+                                f"to {output}"]
     assert same_weights(output, one_epoch_weights)
 
 
