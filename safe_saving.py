@@ -193,6 +193,7 @@ def what_it_holds_unless_mynet_weights(file):
         with warnings.catch_warnings():  # torch.load's warnings about what it reads: the line says enough
             warnings.simplefilter("ignore")
             content = torch.load(file, map_location="cpu", weights_only=True)
+        loaded_up_to = file.tell()
     except Exception:  # damaged, or not weights: each kind of file fails in its own way
         return ("no weights that torch.load can read (a damaged file, or another kind: a whole model, "
                 "a TorchScript model, a data set...)")
@@ -201,13 +202,50 @@ def what_it_holds_unless_mynet_weights(file):
     more = [repr(name) for name, value in content.items() if not (isinstance(name, str) and torch.is_tensor(value))]
     if more:
         return f"more than weights ({', '.join(more[:3])})"
+    if all(name.startswith("module.") for name in content) and fits_mynet(
+            {name.removeprefix("module."): tensor for name, tensor in content.items()}) == []:
+        return ("MyNet's weights saved from nn.DataParallel, each name starting with module. (the README's "
+                "Troubleshooting strips it)")
+    unexpected = fits_mynet(content)
+    if unexpected is None:
+        return "the weights of another network, not MyNet's"
+    if unexpected:
+        return f"MyNet's weights and more ({', '.join(map(repr, unexpected[:3]))})"
+    after = bytes_after_the_weights(file, loaded_up_to)
+    if after:
+        return f"MyNet's weights followed by {after} bytes of something else"
+    return None
+
+
+def fits_mynet(weights):
+    """The names in weights that MyNet has no place for, if it takes the rest as they are (the same names, with the
+    same shapes, none missing); None if it does not."""
     with torch.device("meta"):  # no memory, no random numbers drawn: only the names and shapes matter
         reference = MyNet()
     try:
-        reference.load_state_dict(content, assign=True)  # strict: the same names, with the same shapes
-    except RuntimeError:
-        return "the weights of another network, not MyNet's"
-    return None
+        missing, unexpected = reference.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError:  # a shape that differs
+        return None
+    return None if missing else unexpected
+
+
+ZIP_END = b"PK\x05\x06"  # the signature of a zip's end record, 22 bytes and a comment, which ends the file
+
+
+def bytes_after_the_weights(file, loaded_up_to):
+    """How many bytes follow the weights in file, which torch.load ignores: after the end record of the zip that
+    torch.save writes (since PyTorch 1.6), or, in the format before, after what torch.load read (loaded_up_to)."""
+    size = os.fstat(file.fileno()).st_size
+    file.seek(0)
+    if file.read(4) != b"PK\x03\x04":  # not a zip
+        return size - loaded_up_to
+    file.seek(max(0, size - 22 - 0xFFFF))  # the end record and its longest comment
+    tail = file.read()
+    end = tail.rfind(ZIP_END)
+    if end < 0 or len(tail) < end + 22:
+        return 0  # no end record: torch.load could not have read it
+    (comment_length,) = struct.unpack("<H", tail[end + 20:end + 22])
+    return max(0, len(tail) - (end + 22 + comment_length))
 
 
 def take_permissions(file, path, earlier, new_mode=0o666):

@@ -218,10 +218,26 @@ def test_an_earlier_file_that_holds_no_weights_is_refused_and_kept(cifar_dir, tm
     ("a large network's weights", "47 MB, far more than MyNet's weights"),  # refused unread: it could be gigabytes
     ("a dict of data tensors", "the weights of another network, not MyNet's"),
     ("MyNet's weights with a layer missing", "the weights of another network, not MyNet's"),
+    ("MyNet's weights saved from nn.DataParallel", "MyNet's weights saved from nn.DataParallel, each name starting "
+                                                   "with module. (the README's Troubleshooting strips it)"),
+    ("MyNet's weights and another tensor", "MyNet's weights and more ('temperature')"),
+    ("MyNet's weights, then notes", "MyNet's weights followed by 15 bytes of something else"),
+    ("MyNet's weights in the format before PyTorch 1.6, then notes",
+     "MyNet's weights followed by 15 bytes of something else"),
 ])
 def test_only_mynets_weights_are_replaced(cifar_dir, tmp_path, kind, holds):
+    """Nothing more, nothing less: the file holds what MyNet().load_state_dict takes, and ends where its format ends
+    (torch.load ignores what comes after a zip's end record)."""
     output = tmp_path / "w.pth"
-    if kind == "another network's weights":
+    if kind == "MyNet's weights saved from nn.DataParallel":
+        torch.save(torch.nn.DataParallel(MyNet()).state_dict(), output)
+    elif kind == "MyNet's weights and another tensor":
+        torch.save({**MyNet().state_dict(), "temperature": torch.tensor(1.5)}, output)
+    elif kind.endswith("then notes"):
+        torch.save(MyNet().state_dict(), output, _use_new_zipfile_serialization="before" not in kind)
+        with open(output, "a") as file:
+            file.write("my notes, mine\n")
+    elif kind == "another network's weights":
         torch.save(torch.nn.Sequential(torch.nn.Linear(384, 10)).state_dict(), output)
     elif kind == "a large network's weights":
         torch.save(torchvision.models.resnet18().state_dict(), output)
