@@ -44,8 +44,7 @@ def why(error):
     if error.errno == errno.ENOENT:
         folder = os.path.dirname(error.filename) if isinstance(error.filename, str) else None
         there = folder is not None and os.path.isdir(folder or ".")
-        return f"{reason}: " + ("this folder takes no new files, choose another" if there
-                                else "check that the folder is there")
+        return f"{reason}: " + ("this folder takes no new files" if there else "check that the folder is there")
     advice = ADVICE.get(error.errno, "choose another path")
     return f"{reason}: {advice}"
 

@@ -39,7 +39,7 @@ from model import MyNet
 def test_a_folder_that_takes_no_new_files_is_not_called_missing(cifar_dir):
     error = refused_output(cifar_dir, "/proc/new.pth")
     assert error.endswith("argument --output: /proc/new.pth cannot be written (No such file or directory: this folder "
-                          "takes no new files, choose another); choose another path")
+                          "takes no new files); choose another path")  # the next step once
 
 
 def test_as_a_user_a_read_only_disk_is_named_as_one(cifar_dir, tmp_path):
