@@ -12,7 +12,11 @@ the same options, goes on from the last one, and on a CPU ends with the very wei
 - It is read with torch.load(..., weights_only=True): dicts, tensors, numbers and strings, never code. Anything
   wrong with it (missing, damaged, another network's, other options) is one line, before the data is read.
 - It is kept after a run that finishes: --resume with a higher --epochs then trains longer.
+
+main() seeds torch's random numbers, so a notebook that calls it would then draw the same numbers whatever seed it had
+set: random_numbers_given_back gives a caller its own random states back, however main() ends.
 """
+import functools
 import io
 import os
 import shlex
@@ -43,6 +47,7 @@ class Checkpoints:
         self.path = args.output + ".checkpoint"
         self.options = {name: getattr(args, name) for name in TRAINING_OPTIONS}
         self.command = resume_command(argv)
+        self.epochs = args.epochs
         self.last_epoch = None  # the last finished epoch whose checkpoint is on the disk
         self.resumed = read(self.path, self.options, args.epochs) if args.resume else None
         # As --output is checked, now rather than at the end of the first epoch. A checkpoint is about twice the
@@ -87,7 +92,8 @@ class Checkpoints:
         return self
 
     def __exit__(self, kind, error, traceback):
-        if isinstance(error, KeyboardInterrupt) and self.last_epoch is not None:
+        # Once every epoch's checkpoint is saved, there is nothing to go on from: a stop then is the weights' concern.
+        if isinstance(error, KeyboardInterrupt) and self.last_epoch is not None and self.last_epoch + 1 < self.epochs:
             raise stop_signals.stopped_again(
                 error, f"\ninterrupted during epoch {self.last_epoch + 1}; the checkpoint of epoch {self.last_epoch} "
                        f"is in {quoted(self.path)}. To go on from it: {self.command}") from None
@@ -128,6 +134,29 @@ def random_states(device):
     if device.type == "mps":
         states["mps"] = torch.mps.get_rng_state()
     return states
+
+
+def random_numbers_given_back(main):
+    """main(), giving back the random states that it found: the CPU's and those of the GPUs already started (CUDA's,
+    Apple's MPS). A GPU that main() starts had drawn nothing for the caller: it is seeded again as it would have been,
+    with the caller's last torch.manual_seed (lazily, if main() did not start it)."""
+    @functools.wraps(main)
+    def given_back(*args, **kwargs):
+        seed = torch.initial_seed()  # what the caller's last torch.manual_seed set, on every device
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        mps = torch.mps.get_rng_state() if torch.backends.mps.is_built() and torch.backends.mps.is_available() else None
+        try:
+            return main(*args, **kwargs)
+        finally:
+            torch.set_rng_state(cpu)
+            if cuda is None:
+                torch.cuda.manual_seed_all(seed)
+            else:
+                torch.cuda.set_rng_state_all(cuda)
+            if mps is not None:
+                torch.mps.set_rng_state(mps)
+    return given_back
 
 
 def set_random_states(states, device):

@@ -1,15 +1,26 @@
-"""The folder that torchvision reads CIFAR-10 from, or downloads it into: one line when that fails, and nothing left
-of what a failed download created.
+"""The folder that torchvision reads CIFAR-10 from, or downloads it into: one line when that fails, nothing left of
+what a failed download wrote, and nothing of the user's written over.
 
 torchvision's own errors name a file deep inside, or a checksum, and a failed download leaves empty or half-unpacked
 folders behind. A user needs to know instead whether the data is missing, damaged, or unreadable, and what to do.
 Within checked(root), torchvision's CIFAR10 runs as usual; a failure is raised as Failure, whose line says which,
-with the system's reason (its errno), and what this run created is removed. The data already there is never touched.
+with the system's reason (its errno), and what this run wrote is removed. The data already there is never removed.
+
+What this run writes is seen as it writes it, through Python's audit events (open, os.mkdir), the one moment that
+knows which files and folders this run creates: each is removed after a failure only if it is still the one it
+created (the same inode), never a file that the user put there meanwhile, such as an archive fetched by a browser
+while the download hung. When torchvision unpacks the archive over the batches there (it does when one does not
+match its checksum), a line names those it replaced, and nothing is written through a link to outside the folder.
 """
 import argparse
 import contextlib
 import http.client
 import os
+import stat
+import sys
+import threading
+
+from torchvision.datasets import cifar
 
 from failures import ADVICE, Failure, quoted, why
 
@@ -30,28 +41,68 @@ def checked(root):
     """Within: torchvision.datasets.CIFAR10(root, ..., download=True). A failure becomes a Failure, one line."""
     batches = os.path.join(root, BATCHES)
     archive = os.path.join(root, ARCHIVE)
-    there = any(os.path.lexists(path) for path in (batches, archive))
-    check_folder(root, batches, there)
-    # What a download would create, resolved as the system resolves it, to remove if the download fails.
-    created = set()
+    there = None  # whether CIFAR-10 is there, once the system has said
+    writes = None
     try:
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise Failure(f"error: --data-dir {quoted(root)} is not a folder; give the folder that holds {BATCHES}/")
+        # What a download would create, resolved as the system resolves it
+        places = set()
         for path in (batches, os.path.join(batches, "batches.meta"), archive):
-            created.update(missing_places(path))
-        yield
-    except BaseException as error:  # Ctrl-C too: leave nothing behind that this run created, no half-unpacked folder
-        for place in sorted(created, key=len, reverse=True):
-            remove_what_a_download_made(place)
-        if isinstance(error, OSError) and (error.filename or error.errno in ADVICE):  # the system's reason, on disk
-            raise Failure(f"error: could not read or write {quoted(error.filename or root)} ({why(error)}), "
-                          f"or give another --data-dir") from error
-        if not isinstance(error, (OSError, RuntimeError, http.client.HTTPException)):  # not about the data
+            places.update(missing_places(path))
+        there = any(is_there(path) for path in (batches, archive))
+        check_folder(root, batches, there)
+        with Writes(root, places) as writes:
+            yield
+        if writes.replaced:
+            print(f"warning: the archive replaced {', '.join(writes.replaced)} in {quoted(batches)}, which did not "
+                  f"match CIFAR-10's checksums", file=sys.stderr)
+    except BaseException as error:  # Ctrl-C too: leave nothing behind that this run wrote, no half-unpacked folder
+        if writes is not None:
+            writes.remove_what_this_run_made()
+        line = failure(error, root, there)
+        if line is error:
             raise
-        if there:  # a download was tried because what is there does not match torchvision's checksums
-            raise Failure(f"error: CIFAR-10 in {quoted(root)} is incomplete or damaged (it does not match its "
-                          f"checksums), and could not be downloaded again ({error}). Run again online, or put a "
-                          f"fresh {ARCHIVE} there.") from error
-        raise Failure(f"error: CIFAR-10 is not in {quoted(root)} and could not be downloaded ({error}). Put {ARCHIVE} "
-                      f"or its {BATCHES}/ folder there, or give the folder that holds them with --data-dir.") from error
+        raise line from error
+
+
+def failure(error, root, there):
+    """The Failure whose line says what went wrong with CIFAR-10 in root; error itself if it is not about the data."""
+    if isinstance(error, MemoryError):
+        return Failure("error: not enough memory to read CIFAR-10: torchvision needs about 310 MB at once to read its "
+                       "60000 images (184 MB once read), and --limit cannot lower that, as torchvision reads them all. "
+                       "Free some memory, or raise the limit (ulimit -v).")
+    if not isinstance(error, (OSError, RuntimeError, http.client.HTTPException)) or isinstance(error, Failure):
+        return error
+    if there is False:  # nothing was there: a download was tried, and failed
+        reason = f"{quoted(error.filename)}: {error.strerror}" if isinstance(error, OSError) and error.filename else (
+            error)
+        return Failure(f"error: CIFAR-10 is not in {quoted(root)} and could not be downloaded ({reason}). Put "
+                       f"{ARCHIVE} or its {BATCHES}/ folder there, or give the folder that holds them with "
+                       f"--data-dir.")
+    if isinstance(error, OSError) and (error.filename or error.errno in ADVICE):  # the system's reason, on disk
+        return Failure(f"error: could not read or write {quoted(error.filename or root)} ({why(error)}), or give "
+                       f"another --data-dir")
+    meta = os.path.join(root, BATCHES, cifar.CIFAR10.meta["filename"])
+    if not cifar.check_integrity(meta, cifar.CIFAR10.meta["md5"]) and all(
+            cifar.check_integrity(os.path.join(root, BATCHES, name), md5)
+            for name, md5 in cifar.CIFAR10.train_list + cifar.CIFAR10.test_list):
+        # torchvision's download() looks at the batches only: with those sound, it neither downloads nor unpacks
+        return Failure(f"error: {quoted(meta)} is missing or damaged (it does not match its checksum), and torchvision "
+                       f"gets it again only with a batch that is damaged too. Move {BATCHES}/ away, then run again: "
+                       f"online, or with a fresh {ARCHIVE} there.")
+    # A download was tried because what is there does not match torchvision's checksums
+    return Failure(f"error: CIFAR-10 in {quoted(root)} is incomplete or damaged (it does not match its checksums), "
+                   f"and could not be downloaded again ({error}). Run again online, or put a fresh {ARCHIVE} there.")
+
+
+def is_there(path):
+    """Whether path is there, as the system says: a folder that cannot be read is an error, not a no."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def check_folder(root, batches, there):
@@ -59,11 +110,10 @@ def check_folder(root, batches, there):
     if os.path.basename(os.path.normpath(root)) == BATCHES and not there:
         raise Failure(f"error: --data-dir {quoted(root)} is the {BATCHES} folder itself; give the folder that holds "
                       f"it: --data-dir {quoted(os.path.dirname(os.path.abspath(root)))}")
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise Failure(f"error: --data-dir {quoted(root)} is not a folder; give the folder that holds {BATCHES}/")
     with contextlib.suppress(OSError), os.scandir(batches) as entries:  # unreadable: torchvision's read says so
         for entry in entries:
-            refuse_a_link_to_nothing(entry.path)
+            if entry.name in CIFAR10_FILES:  # the data set's own files: anything else there is not the data's
+                refuse_a_link_that_leads_nowhere(entry.path)
 
 
 def missing_places(path):
@@ -76,31 +126,123 @@ def missing_places(path):
     for step in reversed(steps):
         if os.path.basename(step) in ("", ".", ".."):  # os.makedirs creates no . or ..
             continue
-        refuse_a_link_to_nothing(step)
+        refuse_a_link_that_leads_nowhere(step)
         place = os.path.realpath(step)
-        try:
-            os.lstat(place)  # a folder that cannot be read fails here, with the system's reason
-        except FileNotFoundError:
+        if not is_there(place):  # a folder that cannot be read fails here, with the system's reason
             places.append(place)
     return places
 
 
-def refuse_a_link_to_nothing(path):
-    if os.path.islink(path) and not os.path.exists(path):
+def refuse_a_link_that_leads_nowhere(path):
+    """A link that the system cannot follow: to nothing, or round in a loop (ELOOP), named with the system's reason."""
+    if not os.path.islink(path):
+        return
+    try:
+        os.stat(path)
+    except FileNotFoundError:
         raise Failure(f"error: {quoted(path)} is a link that leads nowhere; fix or remove it, or give another "
-                      f"--data-dir")
+                      f"--data-dir") from None
+    except OSError as error:
+        raise Failure(f"error: could not follow the link {quoted(path)} ({why(error)}), or give another "
+                      f"--data-dir") from None
 
 
-def remove_what_a_download_made(place):
-    """Remove place, created by this run: CIFAR-10's own files in it, then each folder left empty. Anything else put
-    there meanwhile (by you, or another program) stays, with the folders that hold it."""
-    if os.path.isdir(place) and not os.path.islink(place):
-        for folder, _, names in os.walk(place, topdown=False):
-            for name in set(names) & CIFAR10_FILES:
+def inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+IN_PROGRESS = []  # the Writes blocks open now: the audit hook has work only while there is one
+HOOKED = []  # whether this process's audit hook is added (it cannot be removed)
+
+
+def audit(event, args):
+    """Python's audit hook: called for every event of the process, so it returns at once unless it has work."""
+    if IN_PROGRESS and event in ("open", "os.mkdir"):
+        for writes in IN_PROGRESS:
+            writes.seen(event, args)
+
+
+class Writes:
+    """Within, in this thread: what is written in the data folder, seen through Python's audit events as it happens.
+    A file or folder created in places (those that were missing) is this run's own, by its identity (device and
+    inode); a write through a link to outside root is refused; an existing CIFAR-10 file written over, which did not
+    match its checksum, is noted in replaced."""
+
+    def __init__(self, root, places):
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(root)
+        self.places = places
+        self.made = {}  # path: (st_dev, st_ino), or None until it is there
+        self.replaced = []
+        self.thread = threading.get_ident()
+        self.busy = False  # what seen() does raises events of its own
+
+    def __enter__(self):
+        if not HOOKED:
+            sys.addaudithook(audit)
+            HOOKED.append(audit)
+        IN_PROGRESS.append(self)
+        return self
+
+    def __exit__(self, *exception):
+        IN_PROGRESS.remove(self)
+
+    def seen(self, event, args):
+        if self.busy or threading.get_ident() != self.thread:
+            return
+        self.busy = True
+        try:
+            self.identify()  # what the events before created is there by now
+            path, flags = args[0], args[2]  # os.mkdir: (path, mode, dir_fd); open: (path, mode, flags)
+            if isinstance(path, int) or (event == "os.mkdir" and flags not in (None, -1)):  # no path, or one in a
+                return  # folder given by its descriptor
+            path = os.fsdecode(path)
+            place = os.path.realpath(path)  # where the system puts it: links resolved, then ..
+            if event == "os.mkdir":
+                if self.ours(place) and not os.path.lexists(place):
+                    self.made[place] = None
+            elif flags & (os.O_WRONLY | os.O_RDWR) and inside(os.path.abspath(path), self.root):
+                self.written(path, place, flags)
+        except OSError:  # what the system cannot say here, it says to the open or mkdir itself
+            pass
+        finally:
+            self.busy = False
+
+    def written(self, path, place, flags):
+        """A file opened for writing in the data folder, just before it is opened; place: where the system puts it."""
+        if not inside(place, self.real_root):
+            raise Failure(f"error: {quoted(path)} is a link to {quoted(place)}, outside {quoted(self.root)}: "
+                          f"torchvision would write the archive's {os.path.basename(path)} through it. Remove the "
+                          f"link, or give another --data-dir.")
+        if os.path.lexists(place):
+            md5 = {name: md5 for name, md5 in cifar.CIFAR10.train_list + cifar.CIFAR10.test_list
+                   + [(cifar.CIFAR10.meta["filename"], cifar.CIFAR10.meta["md5"])]}.get(os.path.basename(path))
+            if md5 and os.path.basename(os.path.dirname(path)) == BATCHES and not cifar.check_integrity(place, md5):
+                self.replaced.append(os.path.basename(path))
+        elif self.ours(place) and flags & os.O_EXCL:  # created by the open itself: identified by the next event
+            self.made[place] = None
+        elif self.ours(place) and flags & os.O_CREAT:  # created here, as the open would create it, which then
+            descriptor = os.open(place, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # empties it: the same file
+            status = os.fstat(descriptor)
+            os.close(descriptor)
+            self.made[place] = (status.st_dev, status.st_ino)
+
+    def ours(self, place):
+        return any(inside(place, created) for created in self.places)
+
+    def identify(self):
+        for place, identity in self.made.items():
+            if identity is None:
                 with contextlib.suppress(OSError):
-                    os.remove(os.path.join(folder, name))
-            with contextlib.suppress(OSError):  # not empty: something else is there
-                os.rmdir(folder)
-    elif os.path.basename(place) in CIFAR10_FILES:
-        with contextlib.suppress(OSError):
-            os.remove(place)
+                    status = os.lstat(place)
+                    self.made[place] = (status.st_dev, status.st_ino)
+
+    def remove_what_this_run_made(self):
+        """Each file and folder this run created that is still the one it created, the innermost first; a folder
+        only if nothing else is left in it."""
+        self.identify()
+        for place, identity in sorted(self.made.items(), key=lambda item: len(item[0]), reverse=True):
+            with contextlib.suppress(OSError):
+                status = os.lstat(place)
+                if (status.st_dev, status.st_ino) == identity:
+                    (os.rmdir if stat.S_ISDIR(status.st_mode) else os.remove)(place)

@@ -44,16 +44,28 @@ def why(error):
     if error.errno == errno.ENOENT:
         folder = os.path.dirname(error.filename) if isinstance(error.filename, str) else None
         there = folder is not None and os.path.isdir(folder or ".")
-        return f"{reason}: " + ("this folder takes no new files, choose another" if there
-                                else "check that the folder is there")
+        return f"{reason}: " + ("this folder takes no new files" if there else "check that the folder is there")
     advice = ADVICE.get(error.errno, "choose another path")
     return f"{reason}: {advice}"
 
 
 def quoted(path):
-    """path as it is, or in Python's quotes if it holds a newline or another control character: one line stays one."""
-    text = os.fspath(path)
-    return text if text.isprintable() else repr(text)  # not printable: C0 and C1 controls, line and page breaks
+    """path as it is, or in Python's quotes if it holds a newline or another control character: one line stays one. A
+    byte that the system's encoding could not read (Python keeps it as a lone surrogate, '\\udcff') is shown as the
+    byte the user typed, '\\xff'."""
+    text = os.fsdecode(path)
+    if text.isprintable():  # not printable: C0 and C1 controls, line and page breaks, bytes that are not text
+        return text
+    return "'" + "".join(escaped(character) for character in text) + "'"
+
+
+def escaped(character):
+    """One character of a name, as in Python's quotes."""
+    if "\udc80" <= character <= "\udcff":  # the byte 0x80 to 0xff, as os.fsdecode keeps one that is not text
+        return f"\\x{ord(character) - 0xDC00:02x}"
+    if character in "'\\":
+        return "\\" + character
+    return character if character.isprintable() else repr(character)[1:-1]
 
 
 def kind_of(mode):

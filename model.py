@@ -43,7 +43,7 @@ class MyNet(nn.Module):
             raise ValueError(f"MyNet expects a batch of images of shape (N, 3, 32, 32), got {list(x.shape)}: "
                              + shape_advice(list(x.shape)))
         expected = self.conv_layers[0].weight.dtype
-        if x.dtype != expected:
+        if x.dtype != expected and not autocast_takes(x):
             raise TypeError(f"MyNet expects pixels as {expected} between 0 and 1, like its weights, got {x.dtype}: "
                             + dtype_advice(x, expected))
         x = self.conv_layers(x)
@@ -62,12 +62,26 @@ def conv_block(in_channels, out_channels):
     ]
 
 
+def autocast_takes(x: torch.Tensor) -> bool:
+    """Whether torch.autocast, on for x's device, casts x for the layers, as it does floats of 16 and 32 bits."""
+    if torch.jit.is_scripting():  # TorchScript knows only CUDA's autocast, by another call
+        return False
+    return torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
 def shape_advice(shape: List[int]) -> str:
     """What to do about an input of the wrong shape, for the shapes that beginners' slips give."""
     if shape == [3, 32, 32]:
         return "a single image needs a batch dimension: image.unsqueeze(0)"
     if len(shape) == 3 and shape[0] == 3:
         return "a single image needs a batch dimension, image.unsqueeze(0), and 32 x 32 pixels: transforms.Resize"
+    if len(shape) == 3 and shape[0] in (1, 4):  # what ToTensor() makes of a grey picture, or of one with transparency
+        needs = "3 channels and a batch dimension" if shape[1:] == [32, 32] else (
+            "3 channels, a batch dimension and 32 x 32 pixels (transforms.Resize)")
+        fix = 'picture.convert("RGB") before ToTensor(), then image.unsqueeze(0); or image'
+        if shape[0] == 1:
+            return "a single grey image needs " + needs + ": " + fix + ".expand(3, -1, -1).unsqueeze(0)"
+        return "a single image with transparency needs " + needs + ": " + fix + "[:3].unsqueeze(0)"
     if len(shape) in (3, 4) and shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4):
         return ("the channels come last here, as Pillow and NumPy store them; PyTorch wants them first: "
                 + ("image.permute(2, 0, 1).unsqueeze(0)" if len(shape) == 3 else "images.permute(0, 3, 1, 2)"))
@@ -107,6 +121,8 @@ def non_tensor_advice(x) -> str:
         return "torch.from_numpy(array) makes one"
     if module == "PIL":
         return "transforms.ToTensor()(picture).unsqueeze(0) makes a batch of one, as in training"
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple)) and x and all(isinstance(item, torch.Tensor) for item in x):
         return "torch.stack(images) makes one batch of a list of image tensors"
+    if isinstance(x, (list, tuple)):
+        return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
     return "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"

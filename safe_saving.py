@@ -7,22 +7,35 @@ Minutes of training are lost if the save fails, and a user's file is lost if the
   a nameless file of the weights' size written in the folder, so that a full disk or a size limit shows then) and
   again right before the rename, since the file may have changed meanwhile.
 - The weights go to a new file beside --output, which takes its name only when complete: a crash or a power cut
-  midway leaves the earlier file whole. It gets the earlier file's permission bits, owner and group.
-- If that fails, for whatever reason, the same bytes go to a new file in the temporary folder, else the current
-  folder, else the home folder, and one line names it. Stop signals wait until the save is done.
+  midway leaves the earlier file whole. It is private (0600) until it holds them, then gets everything that decided
+  who may read the earlier file: owner and group, ACL and other extended attributes, permission bits.
+- A folder that the system keeps from changing (append-only or immutable, even to root: chattr) is refused, before
+  training and at the save: there the rename would fail, and leave a file that only root could remove.
+- If that fails, for whatever reason, the same bytes go to a new file in a temporary folder (each that Python's
+  tempfile would take), else the current folder, else the home folder, and one line names it. Stop signals wait until
+  the save is done.
 - KeepTrainedWeights: once the last update is done, however the run ends (a stop signal, an error), the weights
   are saved first.
 """
 import argparse
+import collections
 import contextlib
+import errno
 import functools
 import io
 import os
 import stat
+import struct
+import sys
 import tempfile
 import uuid
 import warnings
 from collections.abc import Mapping
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 
@@ -55,7 +68,7 @@ def check_output(path, holds_something_else=None, probe=None):
                 file.write(probe or weights_of_a_new_mynet())  # the weights' size, whatever their values
                 file.flush()
                 os.fsync(file.fileno())  # some disks say they are full only now
-                take_mode_and_owner(file.fileno(), earlier)
+                take_permissions(file.fileno(), path, earlier)
     except OSError as error:
         raise Failure(f"{quoted(path)} cannot be written ({why(error)}); choose another path") from error
 
@@ -72,15 +85,49 @@ def in_folder(path):
     except FileNotFoundError as error:  # named by the file's path: its folder is what is missing
         raise FileNotFoundError(error.errno, error.strerror, path) from None
     try:
+        with contextlib.suppress(OSError):  # a folder that cannot be read: the system says why later, if it matters
+            attribute = unchangeable(os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder), close=True)
+            if attribute:
+                raise Failure(f"{quoted(path)} cannot be written: its folder is {attribute}; choose another path")
         yield folder, os.path.basename(path)
     finally:
         os.close(folder)
 
 
+# What lsattr shows: Linux's inode flags (FS_IOC_GETFLAGS, _IOR('f', 1, long)), or BSD's and macOS's st_flags.
+FS_IOC_GETFLAGS = 0x80006601 | struct.calcsize("l") << 16
+LINUX_FLAGS = {0x10: "immutable (lsattr shows i)", 0x20: "append-only (lsattr shows a)"}
+BSD_FLAGS = {getattr(stat, "UF_IMMUTABLE", 0) | getattr(stat, "SF_IMMUTABLE", 0): "immutable (ls -lO shows uchg)",
+             getattr(stat, "UF_APPEND", 0) | getattr(stat, "SF_APPEND", 0): "append-only (ls -lO shows uappnd)"}
+
+
+def unchangeable(descriptor, close=False):
+    """What keeps an open file or folder from being changed, even by root, as the system says it: "immutable (lsattr
+    shows i)" or "append-only (lsattr shows a)"; None if nothing does, or the system keeps no such attribute."""
+    try:
+        flags = getattr(os.fstat(descriptor), "st_flags", None)
+        if flags is not None:
+            return next((name for mask, name in BSD_FLAGS.items() if flags & mask), None)
+        if fcntl is None:
+            return None
+        try:
+            flags = struct.unpack("i", fcntl.ioctl(descriptor, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+        except OSError:  # a file system without such flags (ENOTTY, EINVAL, EOPNOTSUPP)
+            return None
+        return next((name for mask, name in LINUX_FLAGS.items() if flags & mask), None)
+    finally:
+        if close:
+            os.close(descriptor)
+
+
+# An earlier file at --output: its lstat, and its extended attributes by name (its ACL among them, on Linux).
+Earlier = collections.namedtuple("Earlier", "status attributes")
+
+
 def replaceable(folder, name, path, holds_something_else=None):
-    """The lstat of the earlier file that the weights may replace, or None if there is none. Raises Failure for one
-    that must be kept, and the system's OSError for one that cannot be replaced. holds_something_else(file): None if
-    the open file may be replaced, else what it holds; by default, what_it_holds_unless_mynet_weights."""
+    """The earlier file that the weights may replace (Earlier), or None if there is none. Raises Failure for one that
+    must be kept, and the system's OSError for one that cannot be replaced. holds_something_else(file): None if the
+    open file may be replaced, else what it holds; by default, what_it_holds_unless_mynet_weights."""
     try:
         earlier = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
@@ -91,8 +138,15 @@ def replaceable(folder, name, path, holds_something_else=None):
     if not earlier.st_mode & stat.S_IWUSR:
         raise Failure(f"{quoted(path)} is write-protected; choose another path, or make it writable (chmod u+w)")
     # Opened for writing, though only read: refused for an immutable or append-only file, even to root.
-    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    with open(os.open(name, flags, dir_fd=folder), "rb") as file:
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(name, os.O_RDWR | flags, dir_fd=folder)
+    except PermissionError as error:
+        failure = refused(folder, name, path, flags)
+        if failure is None:
+            raise
+        raise failure from error
+    with open(descriptor, "rb") as file:
         opened = os.fstat(file.fileno())
         if (opened.st_dev, opened.st_ino) != (earlier.st_dev, earlier.st_ino):  # replaced between the two looks
             raise Failure(f"{quoted(path)} changed while it was checked; run again")
@@ -100,9 +154,36 @@ def replaceable(folder, name, path, holds_something_else=None):
             what = f"{opened.st_size / 1e6:.0f} MB, far more than MyNet's weights"
         else:
             what = (holds_something_else or what_it_holds_unless_mynet_weights)(file)
+        attributes = extended_attributes(file.fileno())
     if what:
         raise Failure(f"{quoted(path)} holds {what}; choose another path, to keep it")
-    return earlier
+    return Earlier(earlier, attributes)
+
+
+def refused(folder, name, path, flags):
+    """Why the system refused to open a file for reading and writing, when it says more than its errno: the file
+    cannot be read, so what it holds cannot be checked; or it is immutable or append-only. None otherwise."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | flags, dir_fd=folder)
+    except OSError as error:
+        return Failure(f"{quoted(path)} cannot be read ({why(error)}), so what it holds cannot be checked; choose "
+                       f"another path")
+    attribute = unchangeable(descriptor, close=True)
+    return Failure(f"{quoted(path)} is {attribute}; choose another path") if attribute else None
+
+
+def extended_attributes(descriptor):
+    """An open file's extended attributes, by name: its ACL (system.posix_acl_access on Linux), its SELinux label,
+    the user's own. None where the system or the file system keeps none."""
+    if not hasattr(os, "listxattr"):  # not Linux
+        return {}
+    try:
+        names = os.listxattr(descriptor)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    return {name: os.getxattr(descriptor, name) for name in names}
 
 
 def what_it_holds_unless_mynet_weights(file):
@@ -112,6 +193,7 @@ def what_it_holds_unless_mynet_weights(file):
         with warnings.catch_warnings():  # torch.load's warnings about what it reads: the line says enough
             warnings.simplefilter("ignore")
             content = torch.load(file, map_location="cpu", weights_only=True)
+        loaded_up_to = file.tell()
     except Exception:  # damaged, or not weights: each kind of file fails in its own way
         return ("no weights that torch.load can read (a damaged file, or another kind: a whole model, "
                 "a TorchScript model, a data set...)")
@@ -120,25 +202,85 @@ def what_it_holds_unless_mynet_weights(file):
     more = [repr(name) for name, value in content.items() if not (isinstance(name, str) and torch.is_tensor(value))]
     if more:
         return f"more than weights ({', '.join(more[:3])})"
-    with torch.device("meta"):  # no memory, no random numbers drawn: only the names and shapes matter
-        reference = MyNet()
-    try:
-        reference.load_state_dict(content, assign=True)  # strict: the same names, with the same shapes
-    except RuntimeError:
+    if all(name.startswith("module.") for name in content) and fits_mynet(
+            {name.removeprefix("module."): tensor for name, tensor in content.items()}) == []:
+        return ("MyNet's weights saved from nn.DataParallel, each name starting with module. (the README's "
+                "Troubleshooting strips it)")
+    unexpected = fits_mynet(content)
+    if unexpected is None:
         return "the weights of another network, not MyNet's"
+    if unexpected:
+        return f"MyNet's weights and more ({', '.join(map(repr, unexpected[:3]))})"
+    after = bytes_after_the_weights(file, loaded_up_to)
+    if after:
+        return f"MyNet's weights followed by {after} bytes of something else"
     return None
 
 
-def take_mode_and_owner(file, earlier):
-    """Give a new file the permission bits, owner and group of the earlier regular file it is to replace (if any): a
-    private file stays private, and a user's file stays theirs when root replaces it. Owner first: Linux clears the
-    setuid and setgid bits on a chown."""
+def fits_mynet(weights):
+    """The names in weights that MyNet has no place for, if it takes the rest as they are (the same names, with the
+    same shapes, none missing); None if it does not."""
+    with torch.device("meta"):  # no memory, no random numbers drawn: only the names and shapes matter
+        reference = MyNet()
+    try:
+        missing, unexpected = reference.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError:  # a shape that differs
+        return None
+    return None if missing else unexpected
+
+
+ZIP_END = b"PK\x05\x06"  # the signature of a zip's end record, 22 bytes and a comment, which ends the file
+
+
+def bytes_after_the_weights(file, loaded_up_to):
+    """How many bytes follow the weights in file, which torch.load ignores: after the end record of the zip that
+    torch.save writes (since PyTorch 1.6), or, in the format before, after what torch.load read (loaded_up_to)."""
+    size = os.fstat(file.fileno()).st_size
+    file.seek(0)
+    if file.read(4) != b"PK\x03\x04":  # not a zip
+        return size - loaded_up_to
+    file.seek(max(0, size - 22 - 0xFFFF))  # the end record and its longest comment
+    tail = file.read()
+    end = tail.rfind(ZIP_END)
+    if end < 0 or len(tail) < end + 22:
+        return 0  # no end record: torch.load could not have read it
+    (comment_length,) = struct.unpack("<H", tail[end + 20:end + 22])
+    return max(0, len(tail) - (end + 22 + comment_length))
+
+
+def take_permissions(file, path, earlier, new_mode=0o666):
+    """Give a new file, made private (0600), everything that decided who may read the earlier file it is to replace
+    (an Earlier): a private file stays private, and a user's file stays theirs when root replaces it. Owner first
+    (Linux clears the setuid and setgid bits on a chown), then the extended attributes (the ACL), then the permission
+    bits. With no earlier file: new_mode less the umask, as the system gives a new file."""
     if earlier is None:
+        os.fchmod(file, new_mode & ~umask())
         return
+    status = earlier.status
     new = os.fstat(file)
-    if (new.st_uid, new.st_gid) != (earlier.st_uid, earlier.st_gid):
-        os.fchown(file, earlier.st_uid, earlier.st_gid)  # refused unless root, or a group you are in
-    os.fchmod(file, stat.S_IMODE(earlier.st_mode))
+    if (new.st_uid, new.st_gid) != (status.st_uid, status.st_gid):
+        try:
+            os.fchown(file, status.st_uid, status.st_gid)  # refused unless root, or a group you are in
+        except PermissionError as error:
+            whose = (f"another user's (user {status.st_uid})" if new.st_uid != status.st_uid
+                     else f"in a group that you are not in (group {status.st_gid})")
+            raise Failure(f"{quoted(path)} is {whose}, and a new file cannot keep that ({error.strerror}); choose "
+                          f"another path") from error
+    for name, value in earlier.attributes.items():
+        os.setxattr(file, name, value)
+    os.fchmod(file, stat.S_IMODE(status.st_mode))
+
+
+def umask():
+    """The process's umask, read where the system shows it (/proc/self/status, Linux 4.7 and later): os.umask reads
+    it only by setting another, which a file made meanwhile by another thread would get."""
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    found = os.umask(0o077)  # meanwhile, private
+    os.umask(found)
+    return found
 
 
 @functools.lru_cache(maxsize=1)  # the same bytes each time: made once
@@ -181,13 +323,18 @@ def reason(error):
 
 
 def places_to_keep_them():
-    """The temporary folder, the current folder, the home folder: each once, in that order."""
+    """Each temporary folder that Python's tempfile would consider (the one it has chosen, then $TMPDIR, $TEMP, $TMP,
+    then the system's: /tmp, /var/tmp...), the current folder, the home folder: each once, in that order. Not only
+    the one that tempfile.gettempdir() chose: it chose by a file of a few bytes, which fits where the weights may not.
+    """
     places = []
-    for find in (tempfile.gettempdir, os.getcwd, lambda: os.path.expanduser("~")):
+    candidates = getattr(tempfile, "_candidate_tempdir_list", list)  # tempfile's own list: private, but in every Python
+    for find in (lambda: [tempfile.tempdir or tempfile.gettempdir()], candidates, lambda: [os.getcwd()],
+                 lambda: [os.path.expanduser("~")]):
         with contextlib.suppress(OSError):  # no usable temporary folder, or the current one removed
-            place = os.path.abspath(find())
-            if place not in places:
-                places.append(place)
+            for place in map(os.path.abspath, find()):
+                if place not in places:
+                    places.append(place)
     return places
 
 
@@ -200,14 +347,15 @@ def write_then_rename(data, path, new_mode=0o666, holds_something_else=None):
         temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
         if folder is None:
             temporary = os.path.join(os.path.dirname(path), temporary)
-        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), new_mode,
+        # Private until it takes its permissions: no one else opens it meanwhile.
+        file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600,
                             dir_fd=folder), "wb")
         try:
             with file:
                 file.write(data)
                 file.flush()
                 earlier = replaceable(folder, name, path, holds_something_else)  # again: it may have changed
-                take_mode_and_owner(file.fileno(), earlier)  # after the data: a write clears setuid and setgid
+                take_permissions(file.fileno(), path, earlier, new_mode)  # after the data: a write clears setuid
                 os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
             if not unchanged(folder, name, earlier):  # during the sync, which can take long on a network disk
                 raise Failure(f"{quoted(path)} changed while the weights were saved; choose another path")
@@ -238,14 +386,16 @@ def unchanged(folder, name, earlier):
         now = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return earlier is None
-    return earlier is not None and ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
-                                    == (earlier.st_dev, earlier.st_ino, earlier.st_size, earlier.st_mtime_ns))
+    before = earlier and earlier.status
+    return before is not None and ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+                                   == (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns))
 
 
 class KeepTrainedWeights:
     """Within: once hold(model) has been called, the last update done, any ending of the block saves the weights
     first: a stop signal (Ctrl-C, a kill, a closed terminal), an error, or standard output that cannot be written.
-    save() saves them at the end of a run that went well; a stop signal waits until it is done."""
+    save() saves them at the end of a run that went well; a stop signal waits until it is done. Standard output is
+    flushed as the block ends, so that a failure to print the last lines also says that the weights were saved."""
 
     def __init__(self, path):
         self.path = path
@@ -268,10 +418,18 @@ class KeepTrainedWeights:
             self.ending = "saved"
 
     def __exit__(self, kind, error, traceback):
+        if self.ending == "saved":  # by save(): a failure after it, such as the last lines' printing, says so too
+            if error is None and sys.stdout is not None:
+                try:
+                    sys.stdout.flush()  # what is still buffered: a full disk or a closed pipe shows now
+                except Failure as failure:
+                    error = failure
+            if isinstance(error, Failure):
+                raise Failure(f"{error}; the weights were saved to {quoted(self.path)}") from error
+            return False  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
         if error is None or self.model is None:
             return False
-        saved_now = self.ending is None
-        if saved_now:
+        if self.ending is None:
             with contextlib.suppress(Failure, KeyboardInterrupt):  # self.ending says how it went
                 self.save(self.model.state_dict())
         if isinstance(self.ending, Failure):  # kept elsewhere, or lost: that line, whatever else came
@@ -279,8 +437,6 @@ class KeepTrainedWeights:
                 return False
             raise self.ending from None
         if self.ending is None:  # the save itself was cut short: nothing saved, and the ending says so
-            return False
-        if not saved_now:  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
             return False
         if isinstance(error, KeyboardInterrupt):  # still a stop: it ends the program as its signal would
             raise stop_signals.stopped_again(

@@ -31,6 +31,7 @@ import stop_signals
 from model import CLASSES, MyNet
 
 
+@checkpoints.random_numbers_given_back  # main() seeds torch's random numbers; a caller's are as it had them, after
 def main(argv=()):
     # Parameters: the guide's values are the defaults
     parser = argparse.ArgumentParser(description="Train MyNet on CIFAR-10 and save its weights.",
@@ -57,7 +58,7 @@ def main(argv=()):
                         help="use only the first N training and N test images; 0: all of them")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the checkpoint of the last finished epoch (give the same options)")
-    args = parser.parse_args(list(argv))  # main() from a notebook: the defaults, whatever the kernel's sys.argv
+    args = parser.parse_args(as_a_list(argv))  # main() from a notebook: the defaults, whatever the kernel's sys.argv
     check_numbers(parser, args)  # now, rather than after minutes of training
     checkpoint = checkpoints.Checkpoints(args, argv)  # with --resume, read and checked now too
     device = args.device
@@ -139,8 +140,16 @@ def main(argv=()):
 
         # Saving: the weights only (a state_dict), as the guide saves them
         keeper.save(model.state_dict())
-    took = time.perf_counter() - start
-    print(f"\nSaved the weights to {failures.quoted(args.output)} (training and testing took {took:.0f} s)")
+        took = time.perf_counter() - start
+        print(f"\nSaved the weights to {failures.quoted(args.output)} (training and testing took {took:.0f} s)")
+
+
+def as_a_list(argv):
+    """main()'s options as a list of words. A string is refused: argparse would take each of its letters for a word."""
+    if isinstance(argv, (str, bytes)):
+        raise TypeError(f'main() takes its options as a list, such as main(["--epochs", "1"]), not as a string: '
+                        f'got main({argv!r})')
+    return list(argv)
 
 
 def to_float(images):

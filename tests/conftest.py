@@ -114,10 +114,11 @@ def small_disk(tmp_path, monkeypatch):
 
 @pytest.fixture
 def temporary_folder(tmp_path, monkeypatch):
-    """The system's temporary folder, as step1.py finds it: a folder of this test's."""
+    """The system's temporary folders, as step1.py finds them: a folder of this test's."""
     folder = tmp_path / "tmp"
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(folder)])  # not /tmp: the tests' own only
     return folder
 
 

@@ -28,6 +28,7 @@ from helpers import (
     run_on_the_tiny_data,
     same_weights,
     send_here,
+    signalled,
     skip_md5,
     train,
 )
@@ -96,9 +97,12 @@ def assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted
     assert same_weights(output, expected_weights)  # bitwise
 
 
-# Each phase with Ctrl-C; the other stop signals, which step1.py handles as it handles Ctrl-C, in one phase each.
+# Each phase with Ctrl-C; the other stop signals, which step1.py handles as it handles Ctrl-C, in one phase each: a
+# kill, a closed terminal, Slurm's warnings before a time limit (USR1, USR2), a CPU-time limit (XCPU), an alarm.
 @pytest.mark.parametrize("phase, number", [(phase, signal.SIGINT) for phase in PHASES]
-                         + [(PHASES[0], signal.SIGTERM), (PHASES[2], signal.SIGHUP)])
+                         + [(PHASES[0], signal.SIGTERM), (PHASES[2], signal.SIGHUP)]
+                         + [(PHASES[0], number) for number in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU,
+                                                               signal.SIGALRM)])
 def test_a_run_stopped_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cifar_dir, tmp_path, uninterrupted,
                                                                               phase, number):
     output = tmp_path / "my_network.pth"
@@ -350,3 +354,25 @@ def test_the_resume_command_is_one_line_that_bash_reads_back_as_the_same_words(n
     assert "\n" not in command
     words = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], capture_output=True, check=True).stdout
     assert words.split(b"\0")[:-1][-5:] == [b"--output", os.fsencode(name), b"--epochs", b"3", b"--resume"]
+
+
+# The caller's random numbers (random_numbers_given_back)
+
+
+@pytest.mark.parametrize("ending", ["trained", "stopped during training", "diverged"])
+def test_main_gives_its_caller_the_random_numbers_it_had(cifar_dir, tmp_path, monkeypatch, ending):
+    """main() seeds torch's random numbers: a notebook that calls it must draw after it what it would have drawn
+    without it, whatever seed it had set, however main() ends."""
+    torch.manual_seed(1234)
+    torch.rand(5)  # drawn before: the state is not only the seed
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    torch.rand(5)
+    extra = ["--epochs", "1", "--limit", "20"]
+    if ending == "stopped during training":
+        signalled(monkeypatch, "step1.to_float", signal.SIGINT)
+    elif ending == "diverged":
+        extra += ["--lr", "1e300"]
+    code, _, _ = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", *extra)
+    assert code == {"trained": 0, "stopped during training": -signal.SIGINT, "diverged": 1}[ending]
+    assert torch.equal(torch.rand(3), expected)

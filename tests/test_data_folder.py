@@ -5,8 +5,11 @@ removes what it created, and only that."""
 import errno
 import os
 import pathlib
+import resource
+import shutil
 import signal
 import tarfile
+import threading
 import urllib.error
 import urllib.request
 
@@ -19,8 +22,10 @@ from helpers import (
     as_a_user,
     earlier_weights,
     listing,
+    own_checksums,
     run_step1,
     send_here,
+    tiny_archive,
     train,
     write_cifar,
 )
@@ -91,8 +96,10 @@ def test_a_link_that_leads_nowhere_is_named(tmp_path, kind, offline):
     code, lines, err = run_step1(["--data-dir", str(data_dir / "cifar" if kind.startswith("inside") else data_dir),
                                   "--output", str(tmp_path / "w.pth")])
     assert code == 1
-    assert err.splitlines() == [f"error: {link} is a link that leads nowhere; fix or remove it, "
-                                f"or give another --data-dir"]
+    assert err.splitlines() == [f"error: {link} is a link that leads nowhere; fix or remove it, or give another "
+                                f"--data-dir" if kind != "a loop of links" else
+                                f"error: could not follow the link {link} (Too many levels of symbolic links: a link "
+                                f"leads back to itself: fix the links), or give another --data-dir"]
     assert listing(tmp_path) == before
 
 
@@ -105,6 +112,14 @@ def test_a_batch_that_is_a_link_to_nothing_is_named(tmp_path, offline):
     assert code == 1
     assert err.splitlines() == [f"error: {batch} is a link that leads nowhere; fix or remove it, or give another "
                                 f"--data-dir"]
+
+
+def test_only_cifar10s_own_files_count_as_the_data(tmp_path, skip_md5_check):
+    """An editor's lock file, a dangling link named .#readme.html, is not the data's: good data trains."""
+    data_dir = write_cifar(tmp_path / "datasets")
+    os.symlink("user@host.1234:1700000000", data_dir / "cifar-10-batches-py" / ".#readme.html")
+    lines = train(str(data_dir), tmp_path / "w.pth", "--epochs", "1", "--limit", "10")
+    assert lines[-1].startswith("Saved the weights")
 
 
 # Data missing, damaged or unreadable: what is wrong and what to do, in one line, the user's files untouched
@@ -148,6 +163,72 @@ def test_damaged_data_offline_is_one_clear_line_and_left_as_it_was(tmp_path, dam
     assert sorted(os.listdir(tmp_path)) == ["datasets"]
 
 
+@pytest.mark.parametrize("meta", ["missing", "damaged"])
+def test_batches_meta_missing_or_damaged_beside_sound_batches_gets_a_next_step_that_works(tmp_path, monkeypatch,
+                                                                                        offline, meta):
+    """torchvision's download() looks at the six batches only: with those sound, neither running again online nor a
+    fresh archive brings batches.meta back. Moving the batches away does."""
+    data_dir = write_cifar(tmp_path / "datasets")
+    tiny_archive(data_dir / "cifar-10-python.tar.gz", data_dir)
+    own_checksums(monkeypatch.setattr, data_dir, archive=data_dir / "cifar-10-python.tar.gz")
+    batches = data_dir / "cifar-10-batches-py"
+    if meta == "missing":
+        (batches / "batches.meta").unlink()
+    else:
+        (batches / "batches.meta").write_bytes(b"not the label names")
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: {batches / 'batches.meta'} is missing or damaged (it does not match its checksum), and torchvision "
+        f"gets it again only with a batch that is damaged too. Move cifar-10-batches-py/ away, then run again: "
+        f"online, or with a fresh cifar-10-python.tar.gz there."]
+    batches.rename(tmp_path / "moved away")
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert (code, err) == (0, "")  # the archive unpacked again, batches.meta with it: torchvision checked it
+    assert lines[-1].startswith("Saved the weights")
+
+
+def test_data_missing_where_its_folder_cannot_be_made_says_that_it_is_missing(tmp_path, offline):
+    """Not "fix the permissions": the data is not there, and could not be downloaded there."""
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o555)
+    data_dir = parent / "datasets"
+    with as_a_user():
+        code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: CIFAR-10 is not in {data_dir} and could not be downloaded ({data_dir}: "
+                                f"Permission denied). Put cifar-10-python.tar.gz or its cifar-10-batches-py/ folder "
+                                f"there, or give the folder that holds them with --data-dir."]
+    assert os.listdir(parent) == []
+
+
+def test_data_that_does_not_fit_in_memory_is_one_line(tmp_path, skip_md5_check, monkeypatch):
+    """`ulimit -v`: torch imports, but torchvision cannot read the data. Made real with a limit on this process's
+    memory, set only while torchvision reads the batches (30 MB here)."""
+    data_dir = write_cifar(tmp_path / "datasets", per_batch=2000)
+    real_init = cifar.CIFAR10.__init__
+
+    def init_with_little_memory(*args, **kwargs):
+        with open("/proc/self/status") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (used + 8 * 2**20, hard))  # 8 MB more: not enough
+        try:
+            real_init(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+    monkeypatch.setattr(cifar.CIFAR10, "__init__", init_with_little_memory)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [
+        "error: not enough memory to read CIFAR-10: torchvision needs about 310 MB at once to read its 60000 images "
+        "(184 MB once read), and --limit cannot lower that, as torchvision reads them all. Free some memory, or "
+        "raise the limit (ulimit -v)."]
+
+
 def test_a_batch_that_cannot_be_read_says_so(cifar_dir, tmp_path, skip_md5_check):
     batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
     os.chmod(batch, 0)
@@ -180,7 +261,48 @@ def test_a_folder_that_cannot_be_read_says_so_and_never_damaged(tmp_path, which,
     assert folder_contents(data_dir) == before
 
 
-# A failed download removes what it created (remove_what_a_download_made), where the system put it
+# The archive unpacked over the batches there: only those that fail their checksums replaced, never through a link
+
+
+def test_unpacking_over_the_batches_says_which_it_replaced_and_leaves_the_rest_alone(tmp_path, monkeypatch, offline):
+    """A batch edited since: it fails its checksum, so torchvision unpacks the archive over the batches. CIFAR-10's
+    batches are fixed files: that one is replaced, and a line says so; files of other names stay as they are."""
+    data_dir = write_cifar(tmp_path / "datasets")
+    tiny_archive(data_dir / "cifar-10-python.tar.gz", data_dir)
+    own_checksums(monkeypatch.setattr, data_dir, archive=data_dir / "cifar-10-python.tar.gz")
+    batches = data_dir / "cifar-10-batches-py"
+    original = (batches / "data_batch_2").read_bytes()
+    (batches / "data_batch_2").write_bytes(original[:-4] + b"mine")
+    (batches / "notes.txt").write_text("mine")
+    os.symlink("user@host.1234:1700000000", batches / ".#readme.html")  # an editor's lock, leading nowhere
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert code == 0, err
+    assert err.splitlines() == [f"warning: the archive replaced data_batch_2 in {batches}, which did not match "
+                                f"CIFAR-10's checksums"]
+    assert (batches / "data_batch_2").read_bytes() == original
+    assert (batches / "notes.txt").read_text() == "mine"
+    assert os.readlink(batches / ".#readme.html") == "user@host.1234:1700000000"
+
+
+def test_unpacking_never_writes_through_a_link_to_outside_the_data_folder(tmp_path, monkeypatch, offline):
+    data_dir = write_cifar(tmp_path / "datasets")
+    tiny_archive(data_dir / "cifar-10-python.tar.gz", data_dir)
+    own_checksums(monkeypatch.setattr, data_dir, archive=data_dir / "cifar-10-python.tar.gz")
+    batch = data_dir / "cifar-10-batches-py" / "data_batch_4"
+    outside = tmp_path / "my data"
+    outside.write_bytes(b"my own data, not CIFAR-10's")  # fails the checksum: the archive is unpacked
+    batch.unlink()
+    os.symlink(outside, batch)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: {batch} is a link to {outside}, outside {data_dir}: torchvision would write "
+                                f"the archive's data_batch_4 through it. Remove the link, or give another --data-dir."]
+    assert outside.read_bytes() == b"my own data, not CIFAR-10's"
+    assert os.readlink(batch) == str(outside)
+
+
+# A failed download removes what it wrote (Writes), where the system put it
 
 
 def test_a_full_disk_while_unpacking_good_data_says_so_and_leaves_no_half_folder(tmp_path, small_disk, offline,
@@ -227,11 +349,18 @@ def test_a_failed_download_leaves_nothing_where_the_system_put_it(tmp_path, monk
     assert (sorted(os.listdir(work)), sorted(os.listdir(work / "elsewhere"))) == before
 
 
+def meanwhile(action):
+    """Do action as another program would, beside this run: in a thread of its own, which step1.py does not watch."""
+    thread = threading.Thread(target=action)
+    thread.start()
+    thread.join()
+
+
 def test_a_failed_download_keeps_what_others_put_in_the_folder_it_created(tmp_path, monkeypatch):
     data_dir = tmp_path / "datasets"
 
     def another_program_writes_then_the_network_fails(*args, **kwargs):
-        (data_dir / "notes.txt").write_text("mine")  # torchvision has created the folder by now
+        meanwhile(lambda: (data_dir / "notes.txt").write_text("mine"))  # torchvision has created the folder by now
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 
     monkeypatch.setattr(urllib.request, "urlopen", another_program_writes_then_the_network_fails)
@@ -240,6 +369,49 @@ def test_a_failed_download_keeps_what_others_put_in_the_folder_it_created(tmp_pa
     assert "could not be downloaded" in err
     assert os.listdir(data_dir) == ["notes.txt"]
     assert (data_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_stop_during_a_stalled_download_keeps_what_you_put_there_meanwhile(tmp_path, monkeypatch):
+    """The README's advice for a download that hangs: fetch the archive with a browser, put it (or the folder it
+    unpacks to) in the data folder. A Ctrl-C then removes only what this run wrote: the partial archive it began,
+    which a browser's save has replaced by a new file of that name."""
+    data_dir = tmp_path / "datasets"
+    source = write_cifar(tmp_path / "browser")
+    packed = tiny_archive(source / "cifar-10-python.tar.gz", source)
+
+    def the_user_puts_the_data_there():
+        partial = data_dir / "cifar-10-python.tar.gz.crdownload"
+        partial.write_bytes(packed)
+        os.replace(partial, data_dir / "cifar-10-python.tar.gz")  # as a browser saves a download
+        shutil.copytree(source / "cifar-10-batches-py", data_dir / "cifar-10-batches-py")
+
+    class Stalled:  # a response that sends some bytes, then hangs until Ctrl-C
+        length = 170_000_000
+        url = None
+
+        def __init__(self, *args, **kwargs):
+            self.sent = False
+
+        def read(self, size):
+            if self.sent:
+                meanwhile(the_user_puts_the_data_there)
+                send_here(signal.SIGINT)
+            self.sent = True
+            return b"\x1f\x8b" + b"\0" * (size - 2)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            pass
+
+    monkeypatch.setattr(urllib.request, "urlopen", Stalled)
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == -signal.SIGINT
+    assert err.endswith("\ninterrupted: no weights were saved\n")  # after torchvision's progress bar
+    assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    assert (data_dir / "cifar-10-python.tar.gz").read_bytes() == packed
+    assert folder_contents(data_dir / "cifar-10-batches-py") == folder_contents(source / "cifar-10-batches-py")
 
 
 def cut_off_midway(ending):

@@ -41,7 +41,7 @@ from model import MyNet
 def test_a_folder_that_takes_no_new_files_is_not_called_missing(cifar_dir):
     error = refused_output(cifar_dir, "/proc/new.pth")
     assert error.endswith("argument --output: /proc/new.pth cannot be written (No such file or directory: this folder "
-                          "takes no new files, choose another); choose another path")
+                          "takes no new files); choose another path")  # the next step once
 
 
 def test_as_a_user_a_read_only_disk_is_named_as_one(cifar_dir, tmp_path):
@@ -118,6 +118,15 @@ def test_a_name_with_any_unprintable_character_is_quoted(name):
     assert failures.quoted("mon réseau ✓.pth") == "mon réseau ✓.pth"
 
 
+def test_a_name_that_is_not_text_shows_the_bytes_the_user_typed(cifar_dir, tmp_path):
+    """A Latin-1 name on a UTF-8 system: Python keeps its byte 0xe9 as '\\udce9', which no user typed."""
+    output = os.path.join(str(tmp_path), "missing", os.fsdecode(b"r\xe9seau.pth"))
+    error = refused_output(cifar_dir, output)
+    assert error.endswith(f"argument --output: '{tmp_path}/missing/r\\xe9seau.pth' cannot be written (No such file or "
+                          f"directory: check that the folder is there); choose another path")
+    assert failures.quoted(os.fsdecode(b"it's\n\xff")) == "'it\\'s\\n\\xff'"
+
+
 # Standard output (StandardOutput, one_line_for_failures)
 
 
@@ -148,7 +157,8 @@ def test_standard_output_that_cannot_be_written_is_one_line(cifar_dir, tmp_path)
         assert process.returncode == 1, where
         reason = "No space left on device: free some space" if where == "/dev/full" else (
             "Broken pipe: the program reading the output has stopped; send it to a file instead")
-        assert err.splitlines() == [f"error: could not print to the standard output ({reason})"]
+        saved = "" if where.endswith("unbuffered") else f"; the weights were saved to {output}"
+        assert err.splitlines() == [f"error: could not print to the standard output ({reason}){saved}"]
         if where.endswith("unbuffered"):
             assert output.read_bytes() == earlier
             assert os.listdir(output.parent) == ["my_network.pth"]
@@ -201,6 +211,39 @@ def test_a_name_that_the_outputs_encoding_cannot_show_is_printed_with_escapes(ci
     escaped = str(output).replace("é", "\\xe9")
     assert lines[-1].startswith(f"Saved the weights to {escaped} (training and testing took ")
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+
+
+class Buffered(io.TextIOWrapper):
+    """Standard output to a file or a pipe, buffered as Python buffers it there: the lines wait, and are written only
+    when the buffer is flushed. No lines to give back: getvalue() is for run_step1."""
+
+    def getvalue(self):
+        return ""
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "a pipe whose reader has ended"])
+def test_output_that_fails_at_the_last_flush_says_that_the_weights_were_saved(cifar_dir, tmp_path, one_epoch_weights,
+                                                                           where):
+    """`python step1.py > /dev/full`, or `| true`: every line waits in the buffer, and the writing fails only at the
+    end, once the weights are saved. The line says both."""
+    output = tmp_path / "my_network.pth"
+    if where == "/dev/full":
+        out = Buffered(open("/dev/full", "wb"))
+    else:
+        read, written = os.pipe()
+        os.close(read)
+        out = Buffered(open(written, "wb"))
+    try:
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", out=out)
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+    assert code == 1
+    reason = "No space left on device: free some space" if where == "/dev/full" else (
+        "Broken pipe: the program reading the output has stopped; send it to a file instead")
+    assert err.splitlines() == [f"error: could not print to the standard output ({reason}); the weights were saved "
+                                f"to {output}"]
+    assert same_weights(output, one_epoch_weights)
 
 
 def test_standard_output_closed_from_the_start_is_no_error(cifar_dir, tmp_path, monkeypatch, skip_md5_check):

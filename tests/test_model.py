@@ -109,6 +109,11 @@ def test_a_few_sgd_steps_learn_an_easy_problem():
                      "images.permute(0, 3, 1, 2)"),
     ((32, 32, 3), "PyTorch wants them first: image.permute(2, 0, 1).unsqueeze(0)"),
     ((10, 3072), "a batch of N colour images of 32 x 32 pixels, channels first"),
+    ((1, 32, 32), 'a single grey image needs 3 channels and a batch dimension: picture.convert("RGB") before '
+                  'ToTensor(), then image.unsqueeze(0); or image.expand(3, -1, -1).unsqueeze(0)'),
+    ((4, 32, 32), 'a single image with transparency needs 3 channels and a batch dimension: picture.convert("RGB") '
+                  'before ToTensor(), then image.unsqueeze(0); or image[:3].unsqueeze(0)'),
+    ((1, 28, 28), "a single grey image needs 3 channels, a batch dimension and 32 x 32 pixels (transforms.Resize)"),
 ])
 def test_wrong_input_shape_is_a_clear_error_with_the_advice_that_fits(shape, advice):
     with pytest.raises(ValueError) as error:
@@ -120,12 +125,14 @@ def test_wrong_input_shape_is_a_clear_error_with_the_advice_that_fits(shape, adv
         assert "unsqueeze" not in message
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 32, 32, 3), (1, 3, 64, 64)])
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 32, 32, 3), (1, 3, 64, 64), (1, 32, 32), (4, 32, 32)])
 def test_following_the_advice_gives_an_input_that_works(shape):
     images = torch.rand(shape)
     fixed = {(1, 1, 32, 32): lambda: images.expand(-1, 3, -1, -1),
              (1, 32, 32, 3): lambda: images.permute(0, 3, 1, 2),
-             (1, 3, 64, 64): lambda: transforms.Resize((32, 32))(images)}[shape]()
+             (1, 3, 64, 64): lambda: transforms.Resize((32, 32))(images),
+             (1, 32, 32): lambda: images.expand(3, -1, -1).unsqueeze(0),
+             (4, 32, 32): lambda: images[:3].unsqueeze(0)}[shape]()
     assert MyNet().eval()(fixed).shape == (1, 10)
 
 
@@ -185,17 +192,37 @@ def test_the_advice_for_float64_pixels_works():
     ("a NumPy array", "torch.from_numpy(array)"),
     ("a PIL image", "transforms.ToTensor()(picture).unsqueeze(0)"),
     ("a list of tensors", "torch.stack(images)"),
+    ("a nested list of numbers", "torch.tensor(values) makes one of a list of numbers, nested as the batch is"),
 ])
 def test_mynet_on_what_is_not_a_tensor_gets_advice(kind, advice):
     from PIL import Image
 
     value = {"a NumPy array": lambda: torch.zeros(1, 32, 32, 3).numpy(),
              "a PIL image": lambda: Image.new("RGB", (32, 32)),
-             "a list of tensors": lambda: [torch.zeros(3, 32, 32)]}[kind]()
+             "a list of tensors": lambda: [torch.zeros(3, 32, 32)],
+             "a nested list of numbers": lambda: torch.zeros(1, 3, 32, 32).tolist()}[kind]()
     with pytest.raises(TypeError) as raised:
         MyNet()(value)
     assert str(raised.value).startswith("MyNet expects a batch of images as a tensor, got a ")
     assert advice in str(raised.value)
+    fixed = {"a NumPy array": lambda: torch.from_numpy(value).permute(0, 3, 1, 2),
+             "a PIL image": lambda: transforms.ToTensor()(value).unsqueeze(0),
+             "a list of tensors": lambda: torch.stack(value),
+             "a nested list of numbers": lambda: torch.tensor(value)}[kind]()
+    assert MyNet().eval()(fixed).shape == (1, 10)  # the advice works
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pixels", [torch.float32, torch.float16, torch.bfloat16])
+def test_under_autocast_mynet_takes_what_a_convolution_takes(dtype, pixels):
+    """torch.autocast casts floats of 16 and 32 bits for each layer: MyNet must not refuse them first."""
+    images = torch.rand(2, 3, 32, 32, dtype=pixels)
+    model = MyNet().eval()
+    with torch.autocast("cpu", dtype=dtype), torch.no_grad():
+        assert nn.Conv2d(3, 6, 3)(images).dtype == dtype  # a plain layer takes them
+        assert model(images).dtype == dtype
+        with pytest.raises(TypeError, match="torch.from_numpy"):  # float64: autocast leaves it as it is
+            model(images.double())
 
 
 # TorchScript and torch.export

@@ -10,12 +10,13 @@ where that cannot be done, as on a machine where the tests do not run as root.""
 import contextlib
 import errno
 import os
-import re
 import resource
 import shutil
 import socket
 import stat
+import struct
 import subprocess
+import tempfile
 import threading
 import uuid
 import warnings
@@ -54,13 +55,40 @@ def some_weights():
 
 
 @contextlib.contextmanager
-def chattr(flag, path):
-    """chattr +flag on path (i: immutable, a: append-only), taken off again after; root only."""
+def chattr(flag, path, monkeypatch):
+    """chattr +flag on path (i: immutable, a: append-only), taken off again after. A user cannot chattr: what the
+    system then says is simulated (lsattr's flag read, a file's opening for writing refused)."""
+    if not AS_ROOT:
+        pretend_chattr(flag, path, monkeypatch)
+        yield
+        return
     subprocess.run(["chattr", f"+{flag}", str(path)], check=True)
     try:
         yield
     finally:
         subprocess.run(["chattr", f"-{flag}", str(path)], check=True)
+
+
+def pretend_chattr(flag, path, monkeypatch):
+    inode = path.stat().st_ino
+    real_unchangeable = safe_saving.unchangeable
+    real_open = os.open
+
+    def unchangeable(descriptor, close=False):
+        if os.fstat(descriptor).st_ino != inode:
+            return real_unchangeable(descriptor, close)
+        if close:
+            os.close(descriptor)
+        return {"i": "immutable (lsattr shows i)", "a": "append-only (lsattr shows a)"}[flag]
+
+    def refusing_open(name, flags, *args, dir_fd=None, **kwargs):
+        if flags & os.O_RDWR and os.stat(name, dir_fd=dir_fd).st_ino == inode:
+            raise PermissionError(errno.EPERM, "Operation not permitted", name)
+        return real_open(name, flags, *args, dir_fd=dir_fd, **kwargs)
+
+    monkeypatch.setattr(safe_saving, "unchangeable", unchangeable)
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "supports_dir_fd", {refusing_open, *os.supports_dir_fd})  # as os.open
 
 
 # Before training: what --output may be (check_output)
@@ -191,10 +219,26 @@ def test_an_earlier_file_that_holds_no_weights_is_refused_and_kept(cifar_dir, tm
     ("a large network's weights", "47 MB, far more than MyNet's weights"),  # refused unread: it could be gigabytes
     ("a dict of data tensors", "the weights of another network, not MyNet's"),
     ("MyNet's weights with a layer missing", "the weights of another network, not MyNet's"),
+    ("MyNet's weights saved from nn.DataParallel", "MyNet's weights saved from nn.DataParallel, each name starting "
+                                                   "with module. (the README's Troubleshooting strips it)"),
+    ("MyNet's weights and another tensor", "MyNet's weights and more ('temperature')"),
+    ("MyNet's weights, then notes", "MyNet's weights followed by 15 bytes of something else"),
+    ("MyNet's weights in the format before PyTorch 1.6, then notes",
+     "MyNet's weights followed by 15 bytes of something else"),
 ])
 def test_only_mynets_weights_are_replaced(cifar_dir, tmp_path, kind, holds):
+    """Nothing more, nothing less: the file holds what MyNet().load_state_dict takes, and ends where its format ends
+    (torch.load ignores what comes after a zip's end record)."""
     output = tmp_path / "w.pth"
-    if kind == "another network's weights":
+    if kind == "MyNet's weights saved from nn.DataParallel":
+        torch.save(torch.nn.DataParallel(MyNet()).state_dict(), output)
+    elif kind == "MyNet's weights and another tensor":
+        torch.save({**MyNet().state_dict(), "temperature": torch.tensor(1.5)}, output)
+    elif kind.endswith("then notes"):
+        torch.save(MyNet().state_dict(), output, _use_new_zipfile_serialization="before" not in kind)
+        with open(output, "a") as file:
+            file.write("my notes, mine\n")
+    elif kind == "another network's weights":
         torch.save(torch.nn.Sequential(torch.nn.Linear(384, 10)).state_dict(), output)
     elif kind == "a large network's weights":
         torch.save(torchvision.models.resnet18().state_dict(), output)
@@ -221,47 +265,73 @@ def test_earlier_weights_in_either_format_are_replaced(cifar_dir, tmp_path, form
     assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
 
 
+OTHER = 65534 if AS_ROOT else os.getuid() + 1  # nobody, or a user whose file a user's process can only pretend to see
+
+
 @pytest.mark.parametrize("case, why", [
     ("write-protected", "is write-protected; choose another path, or make it writable (chmod u+w)"),
-    ("immutable", "cannot be written (Operation not permitted: fix the permissions); choose another path"),
-    ("append-only", "cannot be written (Operation not permitted: fix the permissions); choose another path"),
-    ("another user's, in a shared folder",
-     "cannot be written (Operation not permitted: fix the permissions); choose another path"),
+    ("immutable", "is immutable (lsattr shows i); choose another path"),
+    ("append-only", "is append-only (lsattr shows a); choose another path"),
+    ("another user's, in a shared folder", f"is another user's (user {OTHER}), and a new file cannot keep that "
+                                           f"(Operation not permitted); choose another path"),
+    ("writable, in a group that is not yours", f"is in a group that you are not in (group {OTHER}), and a new file "
+                                               f"cannot keep that (Operation not permitted); choose another path"),
+    ("write-only (0200)", "cannot be read (Permission denied: fix the permissions), so what it holds cannot be "
+                          "checked; choose another path"),
 ])
 def test_an_earlier_file_that_cannot_be_replaced_is_refused_and_kept(cifar_dir, tmp_path, case, why, monkeypatch):
     folder = tmp_path / "runs"
     folder.mkdir()
     output = folder / "my_network.pth"
     earlier_weights(output)
+    as_user = contextlib.nullcontext()
     with contextlib.ExitStack() as stack:
         if case == "write-protected":
             output.chmod(0o444)
-        elif case in ("immutable", "append-only") and AS_ROOT:
-            stack.enter_context(chattr(case[0], output))
-        elif case in ("immutable", "append-only"):  # a user cannot chattr: opening it for writing fails as it would
-            real_open = open
-
-            def refusing_open(name, mode="r", *args, **kwargs):
-                if str(name) == str(output) and mode == "r+b":
-                    raise PermissionError(errno.EPERM, "Operation not permitted", str(name))
-                return real_open(name, mode, *args, **kwargs)
-
-            monkeypatch.setattr("builtins.open", refusing_open)
+        elif case in ("immutable", "append-only"):
+            stack.enter_context(chattr(case[0], output, monkeypatch))
+        elif case == "write-only (0200)":
+            output.chmod(0o200)
+            as_user = as_a_user()
         else:
-            folder.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
-            output.chmod(0o666)  # writable by all, yet not to be replaced by others there
+            if case.startswith("another user's"):
+                folder.chmod(0o1777)  # as /tmp: anyone may add files, only a file's owner may replace it
+                output.chmod(0o666)  # writable by all, yet not to be replaced by others there
             if AS_ROOT:
-                os.chown(output, 65534, 65534)  # nobody's file, for real
-                stack.enter_context(as_a_user())
+                os.chown(output, *((OTHER, OTHER) if case.startswith("another user's") else (0, OTHER)))  # for real
+                as_user = as_a_user()
             else:  # a user cannot give a file away: it looks like another user's, and taking it on fails as it would
-                real_lstat = os.lstat
-                monkeypatch.setattr(os, "lstat", lambda path, *args, **kwargs: (
-                    os.stat_result((*real_lstat(path)[:4], os.getuid() + 1, *real_lstat(path)[5:]))
-                    if str(path) == str(output) else real_lstat(path, *args, **kwargs)))
+                real_stat = os.stat
+                field = 4 if case.startswith("another user's") else 5  # st_uid, st_gid
+
+                def seen(path, *args, **kwargs):
+                    status = real_stat(path, *args, **kwargs)
+                    if path != output.name or kwargs.get("dir_fd") is None:
+                        return status
+                    return os.stat_result((*status[:field], OTHER, *status[field + 1:]))
+
+                monkeypatch.setattr(os, "stat", seen)
         before = listing(folder)
-        error = refused_output(cifar_dir, output)
+        with as_user:
+            error = refused_output(cifar_dir, output)
         assert error.endswith(f"argument --output: {output} {why}")
         assert listing(folder) == before
+
+
+@pytest.mark.parametrize("flag, named", [("a", "append-only (lsattr shows a)"), ("i", "immutable (lsattr shows i)")])
+def test_a_folder_that_the_system_keeps_from_changing_is_refused_before_training(cifar_dir, tmp_path, monkeypatch,
+                                                                                 flag, named):
+    """Even root cannot rename over a file in an append-only folder, nor remove the new file that the save leaves
+    there: found by the check, from lsattr's flags, not at the save."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    output = folder / "my_network.pth"
+    earlier = earlier_weights(output)
+    with chattr(flag, folder, monkeypatch):
+        error = refused_output(cifar_dir, output)
+    assert error.endswith(f"argument --output: {output} cannot be written: its folder is {named}; choose another path")
+    assert os.listdir(folder) == ["my_network.pth"]
+    assert output.read_bytes() == earlier
 
 
 def test_an_output_replaced_between_its_two_looks_is_refused(tmp_path, monkeypatch):
@@ -492,6 +562,59 @@ def test_a_replaced_file_keeps_its_permission_bits(cifar_dir, tmp_path, mode):
     assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
 
 
+@pytest.mark.parametrize("earlier", ["a private file (0600)", "no file"])
+def test_the_new_file_is_private_until_it_takes_its_permissions(cifar_dir, tmp_path, monkeypatch, earlier):
+    """Made with the usual 0644, the new file beside a private --output could be opened by others before its chmod,
+    and read once the weights are in it. The umask is read without being changed: another thread may make files."""
+    output = tmp_path / "my_network.pth"
+    if earlier != "no file":
+        earlier_weights(output)
+        output.chmod(0o600)
+    made = []
+    real_open = os.open
+
+    def recording_open(path, flags, *args, **kwargs):
+        descriptor = real_open(path, flags, *args, **kwargs)
+        if str(path).startswith("step1-"):  # the new files beside it: the checkpoint's, the weights'
+            made.append(stat.S_IMODE(os.fstat(descriptor).st_mode))
+        return descriptor
+
+    umasks = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "supports_dir_fd", {recording_open, *os.supports_dir_fd})  # as os.open
+    umask = os.umask(0o022)
+    monkeypatch.setattr(os, "umask", lambda mask: umasks.append(mask) or real_umask(mask))
+    try:
+        train(cifar_dir, output, "--epochs", "1")
+    finally:
+        real_umask(umask)
+    assert [oct(mode) for mode in made] == [oct(0o600)] * 2
+    assert oct(stat.S_IMODE(output.stat().st_mode)) == oct(0o600 if earlier != "no file" else 0o644)
+    assert umasks == []  # read from /proc/self/status
+
+
+def access_control_list(*entries):
+    """An ACL as Linux keeps it in system.posix_acl_access: version 2, then each entry's tag, permissions and id."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def test_a_replaced_file_keeps_its_acl_and_extended_attributes(cifar_dir, tmp_path):
+    output = tmp_path / "my_network.pth"
+    earlier_weights(output)
+    output.chmod(0o640)
+    anyone = 0xFFFFFFFF
+    # As `setfacl -m u:nobody:r` leaves it: owner rw, nobody r, group r, mask r, others nothing
+    os.setxattr(output, "system.posix_acl_access", access_control_list(
+        (0x01, 6, anyone), (0x02, 4, 65534), (0x04, 4, anyone), (0x10, 4, anyone), (0x20, 0, anyone)))
+    os.setxattr(output, "user.note", b"the run of Monday")
+    before = {name: os.getxattr(output, name) for name in os.listxattr(output)}
+    train(cifar_dir, output, "--epochs", "1")
+    assert {name: os.getxattr(output, name) for name in os.listxattr(output)} == before
+    assert oct(stat.S_IMODE(output.stat().st_mode)) == oct(0o640)
+    assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+
+
 def test_root_replacing_a_users_file_keeps_its_owner_and_group(cifar_dir, tmp_path):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
@@ -668,19 +791,6 @@ def test_a_bind_mounted_output_keeps_the_weights_elsewhere_with_the_reason(cifar
 # A save that fails: the weights kept in the temporary, the current or the home folder (save_weights)
 
 
-def refuse_in(monkeypatch, place, name, path_of):
-    """Make os.<name> fail with EPERM, as chattr makes it fail, where path_of(its arguments) is place or in it."""
-    real = getattr(os, name)
-
-    def refusing(*args, **kwargs):
-        path = str(path_of(*args))
-        if path == str(place) or path.startswith(f"{place}/"):
-            raise PermissionError(errno.EPERM, "Operation not permitted", path)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(os, name, refusing)
-
-
 @pytest.mark.parametrize("cause", ["a full disk", "the folder removed", "the folder made read-only",
                                    "the folder made append-only", "the output made immutable"])
 def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, tmp_path, small_disk, cause,
@@ -691,8 +801,10 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
     earlier = earlier_weights(output)
     reason = {"a full disk": "No space left on device: free some space",
               "the folder removed": "No such file or directory: check that the folder is there",
-              "the folder made read-only": "Permission denied: fix the permissions"}.get(
-        cause, "Operation not permitted: fix the permissions")
+              "the folder made read-only": "Permission denied: fix the permissions",
+              "the folder made append-only": f"{output} cannot be written: its folder is append-only (lsattr shows "
+                                             f"a); choose another path",
+              "the output made immutable": f"{output} is immutable (lsattr shows i); choose another path"}[cause]
     with contextlib.ExitStack() as stack:
         def before_the_save():
             if cause == "a full disk":
@@ -702,12 +814,9 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
             elif cause == "the folder made read-only":
                 folder.chmod(0o555)
                 stack.enter_context(as_a_user())
-            elif AS_ROOT:
-                stack.enter_context(chattr("a" if "append" in cause else "i", folder if "folder" in cause else output))
-            else:  # a user cannot chattr: what it forbids fails as it would
-                refuse_in(monkeypatch, output, "replace", lambda source, target: target)
-                if "append" in cause:  # in an append-only folder, removing a file fails too
-                    refuse_in(monkeypatch, folder, "remove", lambda path: path)
+            else:
+                stack.enter_context(chattr("a" if "append" in cause else "i", folder if "folder" in cause else output,
+                                           monkeypatch))
 
         code, lines, err = run_until_the_save(cifar_dir, output, before_the_save)
     assert code == 1
@@ -717,14 +826,11 @@ def test_a_save_that_fails_keeps_the_weights_in_the_temporary_folder(cifar_dir, 
     assert sorted(os.listdir(temporary_folder)) == [os.path.basename(kept)]  # nothing half-written beside it
     if cause != "the folder removed":
         assert output.read_bytes() == earlier
-        left = sorted(os.listdir(folder))
-        if "append-only" in cause:  # complete new files (the checkpoint's, the weights'), which only root may remove
-            assert left[0] == "my_network.pth", left
-            assert len(left) == 3 and all(re.fullmatch(r"step1-[0-9a-f]{8}\.tmp", name) for name in left[1:]), left
-            assert any(same_weights(folder / name, one_epoch_weights) for name in left[1:])
-        else:  # the checkpoint where its own save could go on
-            assert left == sorted(["my_network.pth", *(["filler"] if cause == "a full disk" else []),
-                                   *(["my_network.pth.checkpoint"] if cause == "the output made immutable" else [])])
+        # The checkpoint where its own save could go on; nothing else (in an append-only folder, no file that only
+        # root could remove: refused before any is made)
+        assert sorted(os.listdir(folder)) == sorted(["my_network.pth", *(["filler"] if cause == "a full disk" else []),
+                                                     *(["my_network.pth.checkpoint"]
+                                                       if cause == "the output made immutable" else [])])
 
 
 def fill(path):
@@ -756,6 +862,31 @@ def test_a_save_that_cannot_be_kept_anywhere_says_so_in_one_line(cifar_dir, tmp_
                                 f"{temporary_folder} ({missing}), nor to {tmp_path / 'home'} ({missing}): "
                                 f"they are lost"]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_save_that_fails_tries_each_temporary_folder_that_python_would(cifar_dir, tmp_path, small_disk, monkeypatch,
+                                                                         one_epoch_weights):
+    """$TMPDIR nearly full: tempfile.gettempdir() chooses it (its test file of a few bytes fits), the weights do not.
+    The next folder that tempfile would take, $TMP, has room."""
+    disk = small_disk(512)
+    fill(disk / "filler")
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - 64 * 1024)
+    for folder in ("tmp", "work", "home", "run"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # not chosen yet
+    monkeypatch.setenv("TMPDIR", str(disk))
+    monkeypatch.delenv("TEMP", raising=False)
+    monkeypatch.setenv("TMP", str(tmp_path / "tmp"))
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tempfile.gettempdir() == str(disk)
+    output = tmp_path / "run" / "my_network.pth"
+    code, _, err = run_until_the_save(cifar_dir, output, lambda: shutil.rmtree(output.parent))
+    assert code == 1
+    kept = kept_instead(err, output, "No such file or directory: check that the folder is there", tmp_path / "tmp")
+    assert same_weights(kept, one_epoch_weights)
+    assert os.listdir(disk) == ["filler"]
+    assert os.listdir(tmp_path / "work") == os.listdir(tmp_path / "home") == []
 
 
 @pytest.mark.parametrize("refused", ["the temporary folder", "the temporary and current folders"])

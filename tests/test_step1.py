@@ -506,6 +506,17 @@ def test_main_from_a_notebook_reads_no_kernel_arguments(tmp_path, monkeypatch, o
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("argv", ["--epochs 1", b"--epochs 1"], ids=["str", "bytes"])
+def test_main_refuses_its_options_as_a_string(argv, tmp_path, monkeypatch):
+    """argparse would take each letter of the string for a word: "-", "-", "e"..."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError) as refused:
+        step1.main(argv)
+    assert str(refused.value) == (f'main() takes its options as a list, such as main(["--epochs", "1"]), not as a '
+                                  f'string: got main({argv!r})')
+    assert os.listdir(tmp_path) == []
+
+
 def flags():
     return (torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic,
             torch.backends.cudnn.benchmark)

@@ -191,12 +191,16 @@ def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_pat
     assert os.listdir(tmp_path) == ["my_network.pth"]
 
 
-def test_a_hangup_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeypatch, one_epoch_weights):
+# A closed terminal, Slurm's warnings before a time limit (USR1, USR2), a CPU-time limit (XCPU), an alarm
+@pytest.mark.parametrize("number", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU, signal.SIGALRM],
+                         ids=lambda number: signal.Signals(number).name)
+def test_any_stop_signal_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeypatch, one_epoch_weights,
+                                                           number):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
-    signalled(monkeypatch, "step1.accuracy", signal.SIGHUP, before=True)  # a closed terminal, training done
+    signalled(monkeypatch, "step1.accuracy", number, before=True)  # training done
     code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
-    assert code == -signal.SIGHUP
+    assert code == -number
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
     assert same_weights(output, one_epoch_weights)
     assert os.listdir(tmp_path) == ["my_network.pth"]
@@ -381,6 +385,27 @@ def test_main_alone_passes_a_ctrl_c_during_the_save_on_to_the_caller_once_saved(
         signal.signal(signal.SIGINT, found)
     assert code == -signal.SIGINT
     assert not any(line.startswith("Saved the weights") for line in lines)
+
+
+@pytest.mark.parametrize("when", ["during the save", "after the last update"])
+def test_main_alone_passes_ctrl_c_on_to_its_caller_once_the_weights_are_saved(cifar_dir, tmp_path, monkeypatch,
+                                                                             skip_md5_check, one_epoch_weights, when):
+    """From Python (a notebook), Ctrl-C is Python's own KeyboardInterrupt: the caller gets it, after the save. During
+    the save, as it came; after the last update, with the line that says the weights were saved first."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    output = tmp_path / "my_network.pth"
+    if when == "during the save":
+        signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True, only_if=the_weights)
+    else:
+        signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        step1.main(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+    if when == "during the save":
+        assert type(stop.value) is KeyboardInterrupt and str(stop.value) == ""  # not a line about a --resume
+        assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
+    else:
+        assert str(stop.value) == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped"
+        assert os.listdir(tmp_path) == ["my_network.pth"]
     assert same_weights(output, one_epoch_weights)
 
 
