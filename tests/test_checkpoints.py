@@ -325,6 +325,25 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cif
     assert same_weights(output, uninterrupted[1])
 
 
+def test_a_stop_after_a_checkpoint_that_could_not_be_saved_names_no_checkpoint(cifar_dir, tmp_path, monkeypatch):
+    """last_epoch is that of the last checkpoint written: epoch 0's failed, so a stop in epoch 1 has none to name."""
+    output = tmp_path / "my_network.pth"
+    real = safe_saving.write_then_rename
+
+    def full_for_checkpoints(data, path, *args, **kwargs):
+        if str(path).endswith(".checkpoint"):
+            raise OSError(28, "No space left on device")
+        return real(data, path, *args, **kwargs)
+
+    monkeypatch.setattr(safe_saving, "write_then_rename", full_for_checkpoints)
+    stop_in_epoch_1(monkeypatch, "during its training", lambda: send_here(signal.SIGINT))
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+    assert code == -signal.SIGINT
+    assert err == (f"warning: could not save the checkpoint of epoch 0 to {output}.checkpoint (No space left on "
+                   f"device: free some space); training goes on\n\ninterrupted: no weights were saved\n")
+    assert os.listdir(tmp_path) == []
+
+
 def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(cifar_dir, tmp_path):
     """A shell goes on to its loop's next command unless its child was ended by the signal: with exit status 1 after
     Ctrl-C, `for seed in 1 2 3; do python step1.py --seed $seed; done` took three Ctrl-C to stop."""
