@@ -307,9 +307,8 @@ def test_a_file_of_yours_where_the_checkpoint_goes_is_kept_and_refused_before_tr
     assert sorted(os.listdir(tmp_path)) == ["notes.txt.checkpoint"]
 
 
-def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cifar_dir, tmp_path, monkeypatch,
-                                                                            uninterrupted):
-    output = tmp_path / "my_network.pth"
+def no_room_for_checkpoints(monkeypatch):
+    """Saving a checkpoint fails as on a full disk; saving the weights goes on as usual."""
     real = safe_saving.write_then_rename
 
     def full_for_checkpoints(data, path, *args, **kwargs):
@@ -318,6 +317,12 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cif
         return real(data, path, *args, **kwargs)
 
     monkeypatch.setattr(safe_saving, "write_then_rename", full_for_checkpoints)
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cifar_dir, tmp_path, monkeypatch,
+                                                                            uninterrupted):
+    output = tmp_path / "my_network.pth"
+    no_room_for_checkpoints(monkeypatch)
     code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
     assert code == 0
     assert err.splitlines() == [f"warning: could not save the checkpoint of epoch {epoch} to {output}.checkpoint (No "
@@ -328,14 +333,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cif
 def test_a_stop_after_a_checkpoint_that_could_not_be_saved_names_no_checkpoint(cifar_dir, tmp_path, monkeypatch):
     """last_epoch is that of the last checkpoint written: epoch 0's failed, so a stop in epoch 1 has none to name."""
     output = tmp_path / "my_network.pth"
-    real = safe_saving.write_then_rename
-
-    def full_for_checkpoints(data, path, *args, **kwargs):
-        if str(path).endswith(".checkpoint"):
-            raise OSError(28, "No space left on device")
-        return real(data, path, *args, **kwargs)
-
-    monkeypatch.setattr(safe_saving, "write_then_rename", full_for_checkpoints)
+    no_room_for_checkpoints(monkeypatch)
     stop_in_epoch_1(monkeypatch, "during its training", lambda: send_here(signal.SIGINT))
     code, _, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
     assert code == -signal.SIGINT

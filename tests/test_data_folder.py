@@ -385,27 +385,11 @@ def test_a_stop_during_a_stalled_download_keeps_what_you_put_there_meanwhile(tmp
         os.replace(partial, data_dir / "cifar-10-python.tar.gz")  # as a browser saves a download
         shutil.copytree(source / "cifar-10-batches-py", data_dir / "cifar-10-batches-py")
 
-    class Stalled:  # a response that sends some bytes, then hangs until Ctrl-C
-        length = 170_000_000
-        url = None
+    def the_user_puts_the_data_there_then_ctrl_c():  # as the download hangs
+        meanwhile(the_user_puts_the_data_there)
+        send_here(signal.SIGINT)
 
-        def __init__(self, *args, **kwargs):
-            self.sent = False
-
-        def read(self, size):
-            if self.sent:
-                meanwhile(the_user_puts_the_data_there)
-                send_here(signal.SIGINT)
-            self.sent = True
-            return b"\x1f\x8b" + b"\0" * (size - 2)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exception):
-            pass
-
-    monkeypatch.setattr(urllib.request, "urlopen", Stalled)
+    monkeypatch.setattr(urllib.request, "urlopen", cut_off_midway(the_user_puts_the_data_there_then_ctrl_c))
     code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
     assert code == -signal.SIGINT
     assert err.endswith("\ninterrupted: no weights were saved\n")  # after torchvision's progress bar
