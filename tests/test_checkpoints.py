@@ -393,3 +393,16 @@ def test_main_gives_its_caller_the_random_numbers_it_had(cifar_dir, tmp_path, mo
     code, _, _ = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", *extra)
     assert code == {"trained": 0, "stopped during training": -signal.SIGINT, "diverged": 1}[ending]
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_main_gives_its_caller_the_gpus_random_numbers_it_had(cifar_dir, tmp_path, device):
+    """The GPU's too, whether main() trains on it or not (torch.manual_seed seeds every device)."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3, device="cuda")
+    torch.manual_seed(1234)
+    code, _, err = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", "--epochs", "1", "--limit", "20",
+                                        device=device)
+    assert code == 0, err
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
