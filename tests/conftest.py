@@ -1,4 +1,6 @@
 """The tests' fixtures, the gpu marker and pytest's hooks. What the tests call: helpers.py."""
+import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 import stop_signals
-from helpers import AS_ROOT, MODULES, ImportsInANewPython, simulate_a_full_disk, skip_md5, train, write_cifar
+from helpers import AS_ROOT, simulate_a_full_disk, skip_md5, train, write_cifar
 
 
 def pytest_configure(config):
@@ -18,6 +20,8 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error::ResourceWarning")
     config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU (CUDA); skipped without one")
+    config.addinivalue_line("markers", "new_python(start=...): the test reads what start began in new Pythons as "
+                                       "the session started (the fixtures new_pythons and started)")
     # One thread for torch, here and in the new Pythons that some tests start: the tests' mini-batches are too small
     # to gain from more, and on a machine whose cores are busy (with those Pythons, or other programs), torch's
     # threads spend their time waiting for each other.
@@ -27,7 +31,9 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """The tests marked gpu are skipped without an NVIDIA GPU (CI has none): `python -m pytest` runs them on a machine
-    with one."""
+    with one. The tests marked new_python run last, when the new Pythons that started with the session have most
+    likely done their work."""
+    items.sort(key=lambda item: item.get_closest_marker("new_python") is not None)  # stable: in order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA): run python -m pytest on a machine with one")
@@ -72,23 +78,32 @@ def one_epoch_weights(cifar_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def new_python_importing_the_modules(request, tmp_path_factory):
-    """helpers.ImportsInANewPython, started with the session when a selected test needs it: it takes seconds to
-    import torch and the modules, which it does on a core that the tests in this process leave free meanwhile."""
-    if not any("imports_in_a_new_python" in item.fixturenames for item in request.session.items):
-        yield None
-        return
-    new_python = ImportsInANewPython(MODULES, tmp_path_factory.mktemp("imports") / "found.json")
-    yield new_python
-    with new_python.process as process:
-        process.kill()  # if no test waited for it
+def new_pythons(request, tmp_path_factory):
+    """The new Pythons of the selected tests marked new_python(start=...), all started as the session starts: each
+    takes seconds to import torch, which it does on a core that the tests in this process leave free meanwhile.
+
+    start is a generator, as a fixture is: its parameters are fixtures, or folder, a new folder of its own; what it
+    yields goes to the tests marked with it (the fixture started); after the session, it ends what it began."""
+    starts = {marker.kwargs["start"] for item in request.session.items for marker in item.iter_markers("new_python")}
+    begun = {}
+    with contextlib.ExitStack() as stack:
+        for start in sorted(starts, key=lambda start: start.__name__):
+            values = {name: tmp_path_factory.mktemp(start.__name__) if name == "folder"
+                      else request.getfixturevalue(name) for name in inspect.signature(start).parameters}
+            try:
+                begun[start] = stack.enter_context(contextlib.contextmanager(start)(**values))
+            except Exception as error:  # a failure for the tests marked with it, not for every test
+                begun[start] = error
+        yield begun
 
 
-@pytest.fixture(scope="session")
-def imports_in_a_new_python(new_python_importing_the_modules):
-    """What one new Python found as it imported each of the repository's modules in turn, and what it printed: for
-    the tests of what importing model.py and the others does."""
-    return new_python_importing_the_modules.result()
+@pytest.fixture
+def started(request, new_pythons):
+    """What the start of this test's new_python(start=...) marker began as the session started."""
+    begun = new_pythons[request.node.get_closest_marker("new_python").kwargs["start"]]
+    if isinstance(begun, Exception):
+        raise begun
+    return begun
 
 
 @pytest.fixture

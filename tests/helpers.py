@@ -205,6 +205,15 @@ def python_command(script, *args):
 MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "safe_saving", "step1"]
 
 
+def importing_each_module(folder):
+    """For the new_python marker (conftest.new_pythons): a new Python that imports each of MODULES in turn, as
+    ImportsInANewPython does, writing in folder. Yields it; ends it if no test waited for it."""
+    new_python = ImportsInANewPython(MODULES, folder / "found.json")
+    with new_python.process as process:
+        yield new_python
+        process.kill()
+
+
 class ImportsInANewPython:
     """A new Python, started at once, that imports torch, then each module in turn (each with what it imports), and
     writes to the file report, as JSON, {module: [whether nothing changed, whether torchvision is imported by then]}:
@@ -229,12 +238,15 @@ class ImportsInANewPython:
         self.report = report
         self.process = subprocess.Popen([sys.executable, "-c", self.CODE, str(report), *modules], cwd=ROOT,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.found = None
 
     def result(self):
-        stdout, stderr = self.process.communicate(timeout=120)
-        assert self.process.returncode == 0, stderr
-        with open(self.report, encoding="utf-8") as file:
-            return json.load(file), stdout, stderr
+        if self.found is None:
+            stdout, stderr = self.process.communicate(timeout=120)
+            assert self.process.returncode == 0, stderr
+            with open(self.report, encoding="utf-8") as file:
+                self.found = json.load(file), stdout, stderr
+        return self.found
 
 
 # Files, and what they hold

@@ -130,29 +130,40 @@ def test_a_name_that_is_not_text_shows_the_bytes_the_user_typed(cifar_dir, tmp_p
 # Standard output (StandardOutput, one_line_for_failures)
 
 
-def test_standard_output_that_cannot_be_written_is_one_line(cifar_dir, tmp_path):
-    """Unbuffered (python -u, PYTHONUNBUFFERED=1 as in containers), the first line fails, before any training;
-    buffered (to a file, here a full one, or a pipe), the lines go out at the end, after the save. The two runs go
-    side by side, to keep the suite short."""
+def runs_whose_standard_output_fails(cifar_dir, folder):
+    """For the new_python marker (conftest.new_pythons): two runs of `python step1.py`, side by side, each over
+    earlier weights in a folder of its own, whose standard output cannot be written: a closed pipe, unbuffered, and
+    /dev/full, buffered. Yields {where: (the run, its output file, that file's earlier bytes)}."""
     runs = {}
-    for where in ("a closed pipe, unbuffered", "/dev/full"):
-        folder = tmp_path / ("pipe" if where.endswith("unbuffered") else "full")
-        folder.mkdir()
-        output = folder / "my_network.pth"
-        earlier = earlier_weights(output)
-        command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                                 "--epochs", "1", "--limit", "20")
-        if where == "/dev/full":
-            stdout = open("/dev/full", "w")
-        else:  # as `python step1.py | head -0`: the reader is gone before the first line
-            read, written = os.pipe()
-            os.close(read)
-            stdout = open(written, "w")
-        with stdout:
-            env = dict(os.environ, PYTHONUNBUFFERED="1" if where.endswith("unbuffered") else "")
-            process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
-        runs[where] = (process, output, earlier)
-    for where, (process, output, earlier) in runs.items():
+    with contextlib.ExitStack() as stack:
+        for where in ("a closed pipe, unbuffered", "/dev/full"):
+            place = folder / ("pipe" if where.endswith("unbuffered") else "full")
+            place.mkdir()
+            output = place / "my_network.pth"
+            earlier = earlier_weights(output)
+            command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
+                                     "--epochs", "1", "--limit", "20")
+            if where == "/dev/full":
+                stdout = open("/dev/full", "w")
+            else:  # as `python step1.py | head -0`: the reader is gone before the first line
+                read, written = os.pipe()
+                os.close(read)
+                stdout = open(written, "w")
+            with stdout:
+                env = dict(os.environ, PYTHONUNBUFFERED="1" if where.endswith("unbuffered") else "")
+                process = stack.enter_context(subprocess.Popen(command, cwd=ROOT, stdout=stdout,
+                                                               stderr=subprocess.PIPE, text=True, env=env))
+            runs[where] = (process, output, earlier)
+        yield runs
+        for process, _, _ in runs.values():
+            process.kill()  # if no test waited for it
+
+
+@pytest.mark.new_python(start=runs_whose_standard_output_fails)
+def test_standard_output_that_cannot_be_written_is_one_line(started):
+    """Unbuffered (python -u, PYTHONUNBUFFERED=1 as in containers), the first line fails, before any training;
+    buffered (to a file, here a full one, or a pipe), the lines go out at the end, after the save."""
+    for where, (process, output, earlier) in started.items():
         _, err = process.communicate(timeout=120)
         assert process.returncode == 1, where
         reason = "No space left on device: free some space" if where == "/dev/full" else (

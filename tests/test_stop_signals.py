@@ -146,29 +146,47 @@ def test_a_hangup_before_the_last_update_is_one_line_and_saves_nothing(cifar_dir
     assert output.read_bytes() == earlier
 
 
-def test_ctrl_c_twice_under_timeout_which_passes_it_on_is_one_line(cifar_dir, tmp_path):
-    """`timeout 600 python step1.py`, then Ctrl-C twice: each time, the terminal sends SIGINT to both, and timeout
-    sends it again. A signal during the ending adds nothing to the one line (not Python's "Exception ignored ...
-    SystemExit")."""
-    output = tmp_path / "my_network.pth"
+def ctrl_c_twice_under_timeout(cifar_dir, folder):
+    """For the new_python marker (conftest.new_pythons): `timeout 600 python step1.py`, then Ctrl-C twice, well into
+    training, from a thread of this process. Yields the run, that thread, the output file and its earlier bytes."""
+    output = folder / "my_network.pth"
     earlier = earlier_weights(output)
     run = subprocess.Popen(["timeout", "600", *python_command("step1.py", "--data-dir", cifar_dir, "--output", output,
                                                               "--device", "cpu", "--epochs", "1000000")],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-    for line in run.stdout:
-        if line.startswith("Epoch :  1, training accuracy"):  # well into training: epoch 0's checkpoint is saved
-            break
-    os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: to every process of the terminal's foreground group
-    time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):  # and Ctrl-C again, impatient, while the run ends
-        os.killpg(run.pid, signal.SIGINT)
+
+    def ctrl_c_twice():
+        for line in run.stdout:
+            if line.startswith("Epoch :  1, training accuracy"):  # well into training: epoch 0's checkpoint is saved
+                break
+        with contextlib.suppress(ProcessLookupError):  # ended already: the test says how
+            os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: to every process of the terminal's foreground group
+            time.sleep(0.1)
+            os.killpg(run.pid, signal.SIGINT)  # and Ctrl-C again, impatient, while the run ends
+
+    thread = threading.Thread(target=ctrl_c_twice)
+    with run:
+        thread.start()
+        yield run, thread, output, earlier
+        if run.poll() is None:  # no test waited for it: end timeout and python, their group still theirs
+            os.killpg(run.pid, signal.SIGKILL)
+        thread.join()
+
+
+@pytest.mark.new_python(start=ctrl_c_twice_under_timeout)
+def test_ctrl_c_twice_under_timeout_which_passes_it_on_is_one_line(started):
+    """`timeout 600 python step1.py`, then Ctrl-C twice: each time, the terminal sends SIGINT to both, and timeout
+    sends it again. A signal during the ending adds nothing to the one line (not Python's "Exception ignored ...
+    SystemExit")."""
+    run, thread, output, earlier = started
+    thread.join(timeout=60)
     _, err = run.communicate(timeout=60)
     assert run.returncode == -signal.SIGINT  # timeout ends as its command ended
     assert re.fullmatch(rf"\ninterrupted during epoch (\d+); the checkpoint of epoch \d+ is in {re.escape(str(output))}"
                         rf"\.checkpoint\. To go on from it: .* --resume\n", err), err
     assert output.read_bytes() == earlier
-    assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
+    assert sorted(os.listdir(output.parent)) == ["my_network.pth", "my_network.pth.checkpoint"]
 
 
 # After the last update: the weights saved first
