@@ -206,8 +206,8 @@ def test_data_missing_where_its_folder_cannot_be_made_says_that_it_is_missing(tm
 
 def test_data_that_does_not_fit_in_memory_is_one_line(tmp_path, skip_md5_check, monkeypatch):
     """`ulimit -v`: torch imports, but torchvision cannot read the data. Made real with a limit on this process's
-    memory, set only while torchvision reads the batches (30 MB here)."""
-    data_dir = write_cifar(tmp_path / "datasets", per_batch=2000)
+    memory, set only while torchvision reads the batches."""
+    data_dir = write_cifar(tmp_path / "datasets", per_batch=5000)  # 77 MB at once: beyond what malloc keeps
     real_init = cifar.CIFAR10.__init__
 
     def init_with_little_memory(*args, **kwargs):

@@ -278,6 +278,7 @@ def test_the_stop_line_the_readme_shows_is_the_one_step1_prints(monkeypatch):
     checkpoint.path = f"{args.output}.checkpoint"
     checkpoint.command = checkpoints.resume_command([])
     checkpoint.last_epoch = 6
+    checkpoint.epochs = 10
     with pytest.raises(KeyboardInterrupt) as stop, checkpoint:
         raise stop_signals.Stopped()
     assert str(stop.value) == "\n" + line
