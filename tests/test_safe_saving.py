@@ -409,37 +409,10 @@ def test_a_disk_that_says_it_is_full_only_at_fsync_is_refused_before_training(ci
 # The save: a new file beside --output that takes its name when complete (write_then_rename)
 
 
-def test_the_new_file_is_on_the_disk_with_all_its_data_before_it_takes_the_name(tmp_path, monkeypatch):
-    """Without the fsync, a power cut soon after the rename can leave an empty file under the name."""
-    events = []
-    real_fsync = os.fsync
-    real_replace = os.replace
-
-    def recording_fsync(fd):
-        status = os.fstat(fd)
-        events.append(("fsync", status.st_ino, status.st_size))
-        return real_fsync(fd)
-
-    def recording_replace(source, target, **dir_fds):
-        status = os.stat(source, dir_fd=dir_fds.get("src_dir_fd"))
-        events.append(("replace", status.st_ino, status.st_size))
-        return real_replace(source, target, **dir_fds)
-
-    monkeypatch.setattr(safe_saving.os, "fsync", recording_fsync)  # safe_saving.os is os: undone after the test
-    monkeypatch.setattr(safe_saving.os, "replace", recording_replace)
-    output = tmp_path / "my_network.pth"
-    safe_saving.save_weights(some_weights(), str(output))
-    saved = os.stat(output)
-    [rename] = [event for event in events if event[0] == "replace"]
-    assert rename == ("replace", saved.st_ino, saved.st_size)
-    # Its fsync: once every byte was written (the size it has now), and before the rename.
-    assert ("fsync", saved.st_ino, saved.st_size) in events[:events.index(rename)]
-
-
-
-def test_the_folder_is_synced_after_the_rename(tmp_path, monkeypatch):
-    """write_then_rename: the file written and synced, renamed, then its folder synced (sync_the_folder), so that
-    the new name too is on the disk, not only the new file."""
+def test_the_file_is_synced_whole_before_the_rename_and_the_folder_after_it(tmp_path, monkeypatch):
+    """write_then_rename: the file written and synced (without it, a power cut soon after the rename can leave an
+    empty file under the name), renamed, then its folder synced (sync_the_folder), so that the new name too is on
+    the disk."""
     events = []
     real_fsync = os.fsync
     real_replace = os.replace
