@@ -172,6 +172,16 @@ def send_here(number):
     signal.pthread_kill(threading.main_thread().ident, number)
 
 
+def the_nth_call(n):
+    """For signalled's only_if: true at the nth call only."""
+    calls = []
+
+    def nth(*args, **kwargs):
+        calls.append(1)
+        return len(calls) == n
+    return nth
+
+
 def signalled(monkeypatch, call, number, before=False, only_if=None):
     """Send this process the signal right after each call of call (a dotted name), or right before it, as a Ctrl-C
     or a kill could come at that very moment; only for the calls whose arguments only_if takes, if given. Returns the

@@ -31,6 +31,7 @@ from helpers import (
     same_weights,
     send_here,
     signalled,
+    the_nth_call,
 )
 from model import MyNet
 
@@ -94,16 +95,7 @@ def test_a_kill_just_after_the_output_check_leaves_nothing(cifar_dir, tmp_path, 
 def test_a_stop_during_the_last_training_leaves_nothing(cifar_dir, tmp_path, monkeypatch):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    calls = []
-    real_to_float = step1.to_float
-
-    def to_float_killed_in_the_11th_step(images):
-        calls.append(1)
-        if len(calls) == 11:
-            send_here(signal.SIGTERM)
-        return real_to_float(images)
-
-    monkeypatch.setattr(step1, "to_float", to_float_killed_in_the_11th_step)
+    signalled(monkeypatch, "step1.to_float", signal.SIGTERM, before=True, only_if=the_nth_call(11))
     code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")  # 12 mini-batches: stopped in the 11th
     assert code == -signal.SIGTERM
     assert err == "\ninterrupted: no weights were saved\n"
@@ -117,16 +109,7 @@ def test_a_stop_after_an_earlier_loss_line_of_the_last_epoch_leaves_nothing(cifa
     4, a stop in the 6th of 12 mini-batches saves no half-trained weights over the earlier file."""
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
-    calls = []
-    real_to_float = step1.to_float
-
-    def to_float_killed_in_the_6th_step(images):
-        calls.append(1)
-        if len(calls) == 6:
-            send_here(signal.SIGTERM)
-        return real_to_float(images)
-
-    monkeypatch.setattr(step1, "to_float", to_float_killed_in_the_6th_step)
+    signalled(monkeypatch, "step1.to_float", signal.SIGTERM, before=True, only_if=the_nth_call(6))
     code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", "--log-interval", "4")
     assert code == -signal.SIGTERM
     assert err == "\ninterrupted: no weights were saved\n"
