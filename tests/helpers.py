@@ -54,8 +54,8 @@ def write_cifar(root, seed=0, per_batch=TRAIN_PER_BATCH):
 
     def batch(count, name):
         labels = rng.integers(0, 10, size=count)
-        noise = rng.integers(-40, 40, size=(count, 3, 32 * 32))
-        pixels = (colours[labels][:, :, None] + noise).clip(0, 255).astype(np.uint8)
+        noise = rng.integers(-40, 40, size=(count, 3, 32 * 32)).astype(np.int16)  # int16: quicker for large sets
+        pixels = (colours[labels].astype(np.int16)[:, :, None] + noise).clip(0, 255).astype(np.uint8)
         # CIFAR-10 stores each image as 1024 red, then 1024 green, then 1024 blue bytes.
         return {"data": pixels.reshape(count, 3072), "labels": labels.tolist(), "batch_label": name}
 
