@@ -203,6 +203,12 @@ def signalled(monkeypatch, call, number, before=False, only_if=None):
     return returned
 
 
+def at_low_priority(command):
+    """command, run as `nice` runs it: the new Pythons that start with the session take what the tests in this
+    process leave of the cores, rather than slowing those tests."""
+    return ["nice", "-n", "10", *command]
+
+
 def python_command(script, *args):
     """The command that runs script as `python script args` would, here with the md5 check skipped: the child
     imports this file to skip it."""
@@ -215,48 +221,71 @@ def python_command(script, *args):
 MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "safe_saving", "step1"]
 
 
-def importing_each_module(folder):
-    """For the new_python marker (conftest.new_pythons): a new Python that imports each of MODULES in turn, as
-    ImportsInANewPython does, writing in folder. Yields it; ends it if no test waited for it."""
-    new_python = ImportsInANewPython(MODULES, folder / "found.json")
+def a_new_python(cifar_dir, folder):
+    """For the new_python marker (conftest.new_pythons): the one new Python that the tests of imports and of killed
+    runs share (NewPython), writing in folder. Yields it; ends it if no test waited for it."""
+    new_python = NewPython(cifar_dir, folder)
     with new_python.process as process:
         yield new_python
         process.kill()
 
 
-class ImportsInANewPython:
-    """A new Python, started at once, that imports torch, then each module in turn (each with what it imports), and
-    writes to the file report, as JSON, {module: [whether nothing changed, whether torchvision is imported by then]}:
-    no signal handler, no torch setting, no random number drawn, no standard output replaced. result() waits for it
-    and returns that, its standard output and its error output, which hold only what the imports printed."""
+class NewPython:
+    """A new Python, started at once, for what needs one: each takes seconds to import torch.
 
+    First it imports torch, then each of MODULES in turn (each with what it imports), and writes to folder/imports.json
+    {module: [whether nothing changed, whether torchvision is imported by then]}: no signal handler, no torch setting,
+    no random number drawn, no standard output replaced. Then, with everything imported and nothing run, it calls
+    test_checkpoints.killed_in_each_phase, which forks it for each run that it kills (a fork of the tests' own process
+    could hang in torch's threads), and writes their exit codes to folder/killed.json."""
+
+    DONE = "(the imports are done)\n"  # printed to its standard output and error output in between
     CODE = ("import json, signal, sys, torch\n"
             "def state():\n"
             "    handlers = {number: signal.getsignal(number) for number in signal.valid_signals()\n"
             "                if number not in (signal.SIGKILL, signal.SIGSTOP)}\n"
             "    return (handlers, torch.backends.mkldnn.enabled, torch.backends.cudnn.deterministic,\n"
             "            torch.backends.cudnn.benchmark, torch.get_rng_state().sum().item(), sys.stdout)\n"
+            "tests, cifar_dir, folder, done, *modules = sys.argv[1:]\n"
             "before = state()\n"
             "found = {}\n"
-            "for module in sys.argv[2:]:\n"
+            "for module in modules:\n"
             "    __import__(module)\n"
             "    found[module] = [state() == before, 'torchvision' in sys.modules]\n"
-            "with open(sys.argv[1], 'w') as file:\n"
-            "    json.dump(found, file)")
+            "with open(folder + '/imports.json', 'w') as file:\n"
+            "    json.dump(found, file)\n"
+            "print(done, end='', flush=True)\n"
+            "print(done, end='', file=sys.stderr, flush=True)\n"
+            "sys.path.insert(0, tests)\n"
+            "import test_checkpoints\n"
+            "test_checkpoints.killed_in_each_phase(cifar_dir, folder)")
 
-    def __init__(self, modules, report):
-        self.report = report
-        self.process = subprocess.Popen([sys.executable, "-c", self.CODE, str(report), *modules], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.found = None
+    def __init__(self, cifar_dir, folder):
+        self.folder = folder
+        command = [sys.executable, "-c", self.CODE, os.path.dirname(__file__), cifar_dir, str(folder), self.DONE,
+                   *MODULES]
+        self.process = subprocess.Popen(at_low_priority(command), cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.output = None
 
-    def result(self):
-        if self.found is None:
+    def ended(self):
+        """Wait for it; return its standard output and error output, each split where the imports were done."""
+        if self.output is None:
             stdout, stderr = self.process.communicate(timeout=120)
             assert self.process.returncode == 0, stderr
-            with open(self.report, encoding="utf-8") as file:
-                self.found = json.load(file), stdout, stderr
-        return self.found
+            self.output = stdout.split(self.DONE), stderr.split(self.DONE)
+        return self.output
+
+    def imports(self):
+        """(what it found of each module's import, what the imports printed, what they printed as errors)"""
+        (stdout, _), (stderr, _) = self.ended()
+        return json.loads((self.folder / "imports.json").read_text()), stdout, stderr
+
+    def killed_runs(self):
+        """{phase: exit code} of the runs that test_checkpoints.killed_in_each_phase killed"""
+        (_, stdout), (_, stderr) = self.ended()
+        assert stdout == stderr == ""
+        return json.loads((self.folder / "killed.json").read_text())
 
 
 # Files, and what they hold

@@ -4,15 +4,18 @@ ends the process by its own signal, so that a shell loop stops.
 
 Stops come at four places of epoch 1 of 3 (during its training, in its accuracy pass, during its checkpoint's save,
 after it), by SIGINT, SIGTERM and SIGHUP in this process, and by SIGKILL in a process forked for it."""
+import contextlib
 import io
-import multiprocessing
+import json
 import os
+import pathlib
 import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -23,6 +26,8 @@ import safe_saving
 import step1
 from helpers import (
     ROOT,
+    a_new_python,
+    at_low_priority,
     earlier_weights,
     python_command,
     run_on_the_tiny_data,
@@ -34,7 +39,7 @@ from helpers import (
 )
 from model import MyNet
 
-EPOCHS = ["--epochs", "3"]
+RUN = ["--epochs", "3", "--limit", "40"]  # 4 mini-batches an epoch: 40 training and 40 test images
 PHASES = ["during its training", "in its accuracy pass", "during its checkpoint's save", "after its checkpoint"]
 # The checkpoint that a stop in epoch 1 leaves: epoch 1's once its save has begun (a stop waits for it to end).
 LAST_EPOCH_KEPT = {"during its training": 0, "in its accuracy pass": 0, "during its checkpoint's save": 1,
@@ -45,7 +50,7 @@ LAST_EPOCH_KEPT = {"during its training": 0, "in its accuracy pass": 0, "during 
 def uninterrupted(cifar_dir, tmp_path_factory):
     """The lines and weights of a run of 3 epochs that nothing stops."""
     output = tmp_path_factory.mktemp("uninterrupted") / "my_network.pth"
-    lines = train(cifar_dir, output, *EPOCHS)
+    lines = train(cifar_dir, output, *RUN)
     return lines, torch.load(output, weights_only=True)
 
 
@@ -68,9 +73,9 @@ def stop_in_epoch_1(patch, phase, stop):
             return returned
         patch.setattr(module, name, call)
 
-    # 12 mini-batches an epoch; 2 accuracy passes an epoch; one rename for each epoch's checkpoint.
+    # to_float: 6 calls an epoch, 4 mini-batches, then 2 accuracy passes; one rename for each epoch's checkpoint.
     if phase == "during its training":
-        counted(step1, "to_float", step1.to_float, 12 + 5, before=True)
+        counted(step1, "to_float", step1.to_float, 6 + 2, before=True)
     elif phase == "in its accuracy pass":
         counted(step1, "accuracy", step1.accuracy, 2 + 2, before=True)
     elif phase == "during its checkpoint's save":  # written and synced, not yet renamed
@@ -84,13 +89,13 @@ def resume_line(output, last_epoch, options):
     if shutil.which(python) != sys.executable:
         python = sys.executable
     command = shlex.join([python, os.path.relpath(os.path.join(ROOT, "step1.py")),
-                          "--data-dir", options[0], "--output", str(output), "--device", "cpu", *EPOCHS, "--resume"])
+                          "--data-dir", options[0], "--output", str(output), "--device", "cpu", *RUN, "--resume"])
     return (f"\ninterrupted during epoch {last_epoch + 1}; the checkpoint of epoch {last_epoch} is in "
             f"{output}.checkpoint. To go on from it: {command}\n")
 
 
 def assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted):
-    lines = train(cifar_dir, output, *EPOCHS, "--resume")
+    lines = train(cifar_dir, output, *RUN, "--resume")
     expected_lines, expected_weights = uninterrupted
     assert f"Resumed after epoch {last_epoch}, from {output}.checkpoint" in lines
     assert epoch_lines(lines) == epoch_lines(expected_lines, first_epoch=last_epoch + 1)
@@ -108,7 +113,7 @@ def test_a_run_stopped_in_any_phase_resumes_to_the_uninterrupted_runs_weights(ci
     output = tmp_path / "my_network.pth"
     with pytest.MonkeyPatch.context() as patch:
         stop_in_epoch_1(patch, phase, lambda: send_here(number))
-        code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+        code, lines, err = run_on_the_tiny_data(cifar_dir, output, *RUN)
     assert code == -number  # python step1.py ends by the signal
     last_epoch = LAST_EPOCH_KEPT[phase]
     assert err == resume_line(output, last_epoch, [cifar_dir])
@@ -121,29 +126,35 @@ def killed_in_epoch_1(cifar_dir, output, phase):
     skip_md5()
     with pytest.MonkeyPatch.context() as patch:
         stop_in_epoch_1(patch, phase, lambda: os.kill(os.getpid(), signal.SIGKILL))
-        run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+        run_on_the_tiny_data(cifar_dir, output, *RUN)
 
 
-@pytest.fixture(scope="module")
-def forked():
-    """Processes forked from one that has imported torch and step1.py but run nothing: each starts in a moment, where
-    a new Python takes seconds to import torch (a fork of this process could hang in its threads)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["helpers", "step1", "test_checkpoints"])
-    return context
+def killed_in_each_phase(cifar_dir, folder):
+    """Called by helpers.NewPython in a new Python, which has imported torch and step1.py but run nothing: for each
+    phase, a fork of that Python runs step1.py, killed there, in folder/phaseN/. Writes {phase: exit code} to
+    folder/killed.json."""
+    exit_codes = {}
+    for number, phase in enumerate(PHASES):
+        output = pathlib.Path(folder, f"phase{number}", "my_network.pth")
+        output.parent.mkdir()
+        pid = os.fork()
+        if pid == 0:
+            killed_in_epoch_1(cifar_dir, output, phase)
+            os._exit(0)  # not killed: the test says so
+        _, status = os.waitpid(pid, 0)
+        exit_codes[phase] = os.waitstatus_to_exitcode(status)
+    pathlib.Path(folder, "killed.json").write_text(json.dumps(exit_codes))
 
 
+@pytest.mark.new_python(start=a_new_python)
 @pytest.mark.parametrize("phase", PHASES)
-def test_a_run_killed_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cifar_dir, tmp_path, uninterrupted,
-                                                                             forked, phase):
-    output = tmp_path / "my_network.pth"
-    run = forked.Process(target=killed_in_epoch_1, args=(cifar_dir, output, phase))
-    run.start()
-    run.join(timeout=60)
-    assert run.exitcode == -signal.SIGKILL
+def test_a_run_killed_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cifar_dir, uninterrupted, started,
+                                                                             phase):
+    assert started.killed_runs()[phase] == -signal.SIGKILL
+    output = started.folder / f"phase{PHASES.index(phase)}" / "my_network.pth"
     # The checkpoint as it was before epoch 1's took its name; a killed save leaves its temporary file.
     last_epoch = 1 if phase == "after its checkpoint" else 0
-    left = sorted(os.listdir(tmp_path))
+    left = sorted(os.listdir(output.parent))
     assert left[0] == "my_network.pth.checkpoint"
     assert len(left) == (2 if phase == "during its checkpoint's save" else 1)
     assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted)
@@ -151,7 +162,7 @@ def test_a_run_killed_in_any_phase_resumes_to_the_uninterrupted_runs_weights(cif
 
 def test_a_finished_run_resumed_with_more_epochs_equals_a_run_of_that_many(cifar_dir, tmp_path, uninterrupted):
     output = tmp_path / "my_network.pth"
-    train(cifar_dir, output, "--epochs", "2")
+    train(cifar_dir, output, "--epochs", "2", *RUN[2:])
     assert_resumed_as_uninterrupted(cifar_dir, output, 1, uninterrupted)
 
 
@@ -175,7 +186,7 @@ def test_the_checkpoint_holds_the_epoch_options_weights_optimizer_and_random_sta
 
 def refused_resume(cifar_dir, output, *extra):
     """A --resume that must be refused before the data is read: its one error line."""
-    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS, *extra, "--resume")
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *RUN, *extra, "--resume")
     assert code == 1
     assert lines == []  # not even the device
     [line] = err.splitlines()
@@ -323,7 +334,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cif
                                                                             uninterrupted):
     output = tmp_path / "my_network.pth"
     no_room_for_checkpoints(monkeypatch)
-    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *RUN)
     assert code == 0
     assert err.splitlines() == [f"warning: could not save the checkpoint of epoch {epoch} to {output}.checkpoint (No "
                                 f"space left on device: free some space); training goes on" for epoch in range(3)]
@@ -335,33 +346,57 @@ def test_a_stop_after_a_checkpoint_that_could_not_be_saved_names_no_checkpoint(c
     output = tmp_path / "my_network.pth"
     no_room_for_checkpoints(monkeypatch)
     stop_in_epoch_1(monkeypatch, "during its training", lambda: send_here(signal.SIGINT))
-    code, _, err = run_on_the_tiny_data(cifar_dir, output, *EPOCHS)
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, *RUN)
     assert code == -signal.SIGINT
     assert err == (f"warning: could not save the checkpoint of epoch 0 to {output}.checkpoint (No space left on "
                    f"device: free some space); training goes on\n\ninterrupted: no weights were saved\n")
     assert os.listdir(tmp_path) == []
 
 
-def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(cifar_dir, tmp_path):
-    """A shell goes on to its loop's next command unless its child was ended by the signal: with exit status 1 after
-    Ctrl-C, `for seed in 1 2 3; do python step1.py --seed $seed; done` took three Ctrl-C to stop."""
-    command = shlex.join(python_command("step1.py", "--data-dir", cifar_dir, "--output", tmp_path / "w.pth",
+def a_shell_loop_stopped_by_ctrl_c(cifar_dir, folder):
+    """For the new_python marker (conftest.new_pythons): `for seed in 1 2 3; do python step1.py --seed $seed; ...`,
+    and a Ctrl-C once the first run has a checkpoint, from a thread of this process, which then waits for the loop's
+    end. Yields the loop, that thread and what it found: the loop's output, error output, and the seconds from the
+    Ctrl-C to its end."""
+    command = shlex.join(python_command("step1.py", "--data-dir", cifar_dir, "--output", folder / "w.pth",
                                         "--device", "cpu", "--epochs", "1000", "--seed"))
-    loop = subprocess.Popen(["bash", "-c", f'for seed in 1 2 3; do {command} "$seed"; echo "status $?"; done'],
+    loop_command = f'for seed in 1 2 3; do {command} "$seed"; echo "status $?"; done'
+    loop = subprocess.Popen(at_low_priority(["bash", "-c", loop_command]),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-    for line in loop.stdout:
-        if line.startswith("Epoch :  1, training accuracy"):  # a checkpoint is there
-            break
-    os.killpg(loop.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the shell and to python
-    start = time.monotonic()
-    out, err = loop.communicate(timeout=60)
+
+    def ctrl_c_once_a_checkpoint_is_there():
+        for line in loop.stdout:
+            if line.startswith("Epoch :  1, training accuracy"):
+                break
+        start = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):  # ended already: the test says how
+            os.killpg(loop.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the shell and to python
+        found["out"], found["err"] = loop.communicate(timeout=60)
+        found["seconds"] = time.monotonic() - start
+
+    found = {}
+    thread = threading.Thread(target=ctrl_c_once_a_checkpoint_is_there)
+    with loop:
+        thread.start()
+        yield loop, thread, found
+        if loop.poll() is None:  # no test waited for it: end bash and python, their group still theirs
+            os.killpg(loop.pid, signal.SIGKILL)
+        thread.join()
+
+
+@pytest.mark.new_python(start=a_shell_loop_stopped_by_ctrl_c)
+def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(started):
+    """A shell goes on to its loop's next command unless its child was ended by the signal: with exit status 1 after
+    Ctrl-C, `for seed in 1 2 3; do python step1.py --seed $seed; done` took three Ctrl-C to stop."""
+    loop, thread, found = started
+    thread.join(timeout=120)
     assert loop.returncode == -signal.SIGINT  # the shell stopped the loop: its child ended by SIGINT
-    assert "status" not in out and "Device" not in out  # no next seed
+    assert "status" not in found["out"] and "Device" not in found["out"]  # no next seed
     # Epoch 1's checkpoint, or epoch 0's if the stop came before the one of epoch 1 was saved
     assert re.fullmatch(r"\ninterrupted during epoch (2; the checkpoint of epoch 1|1; the checkpoint of epoch 0) is "
-                        r"in .*w\.pth\.checkpoint\. To go on from it: .* --seed 1 --resume\n", err)
-    assert time.monotonic() - start < 30
+                        r"in .*w\.pth\.checkpoint\. To go on from it: .* --seed 1 --resume\n", found["err"])
+    assert found["seconds"] < 30
 
 
 @pytest.mark.parametrize("name", ["my network.pth", "it's $HOME `here`.pth", "tab\there.pth", "line\nbreak.pth",

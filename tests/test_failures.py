@@ -21,6 +21,7 @@ from helpers import (
     AS_ROOT,
     ROOT,
     as_a_user,
+    at_low_priority,
     earlier_weights,
     kept_instead,
     listing,
@@ -151,7 +152,7 @@ def runs_whose_standard_output_fails(cifar_dir, folder):
                 stdout = open(written, "w")
             with stdout:
                 env = dict(os.environ, PYTHONUNBUFFERED="1" if where.endswith("unbuffered") else "")
-                process = stack.enter_context(subprocess.Popen(command, cwd=ROOT, stdout=stdout,
+                process = stack.enter_context(subprocess.Popen(at_low_priority(command), cwd=ROOT, stdout=stdout,
                                                                stderr=subprocess.PIPE, text=True, env=env))
             runs[where] = (process, output, earlier)
         yield runs

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torchvision
 import torchvision.transforms as transforms
 
-from helpers import GuideNet, guide_training, importing_each_module
+from helpers import GuideNet, a_new_python, guide_training
 from model import CLASSES, MyNet
 
 
@@ -261,10 +261,10 @@ def test_classes_are_cifar10s_in_torchvisions_order(cifar_dir, skip_md5_check):
     assert torchvision.datasets.CIFAR10(cifar_dir, train=False).classes == list(CLASSES)
 
 
-@pytest.mark.new_python(start=importing_each_module)
+@pytest.mark.new_python(start=a_new_python)
 def test_importing_model_prints_nothing_and_leaves_torchvision_alone(started):
     """model.py, imported first in a new Python (after torch), prints nothing and does not import torchvision."""
-    found, stdout, stderr = started.result()
+    found, stdout, stderr = started.imports()
     assert list(found)[0] == "model"
     _, torchvision_imported = found["model"]
     assert torchvision_imported is False

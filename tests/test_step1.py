@@ -23,9 +23,9 @@ from helpers import (
     MODULES,
     TEST_IMAGES,
     TRAIN_IMAGES,
+    a_new_python,
     earlier_weights,
     guide_training,
-    importing_each_module,
     run_on_the_tiny_data,
     run_step1,
     signalled,
@@ -535,11 +535,11 @@ def test_main_puts_torchs_settings_back_however_it_ends(cifar_dir, tmp_path, mon
     assert flags() == found
 
 
-@pytest.mark.new_python(start=importing_each_module)
+@pytest.mark.new_python(start=a_new_python)
 def test_importing_each_module_changes_nothing(started):
     """No signal handler, no torch setting, no random number drawn, no standard output replaced: one new Python
     imports each module in turn (each with what it imports) and compares."""
-    found, stdout, stderr = started.result()
+    found, stdout, stderr = started.imports()
     assert [(module, unchanged) for module, (unchanged, _) in found.items()] == [(module, True) for module in MODULES]
     assert stdout == ""
     assert stderr == ""

@@ -22,6 +22,7 @@ import step1
 import stop_signals
 from helpers import (
     ROOT,
+    at_low_priority,
     earlier_weights,
     kept_instead,
     python_command,
@@ -134,8 +135,9 @@ def ctrl_c_twice_under_timeout(cifar_dir, folder):
     training, from a thread of this process. Yields the run, that thread, the output file and its earlier bytes."""
     output = folder / "my_network.pth"
     earlier = earlier_weights(output)
-    run = subprocess.Popen(["timeout", "600", *python_command("step1.py", "--data-dir", cifar_dir, "--output", output,
-                                                              "--device", "cpu", "--epochs", "1000000")],
+    command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
+                             "--epochs", "1000000")
+    run = subprocess.Popen(at_low_priority(["timeout", "600", *command]),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
 
