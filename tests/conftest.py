@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import stop_signals
-from helpers import AS_ROOT, simulate_a_full_disk, skip_md5, train, write_cifar
+from helpers import AS_ROOT, ONE_EPOCH, simulate_a_full_disk, skip_md5, train, write_cifar
 
 
 def pytest_configure(config):
@@ -71,9 +71,9 @@ def guide_run(cifar_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def one_epoch_weights(cifar_dir, tmp_path_factory):
-    """The weights of a one-epoch run with the default seed: what a run that could not save them must keep."""
+    """The weights of a quick run (ONE_EPOCH) with the default seed: what a run that could not save them must keep."""
     output = tmp_path_factory.mktemp("reference") / "my_network.pth"
-    train(cifar_dir, output, "--epochs", "1")
+    train(cifar_dir, output, *ONE_EPOCH)
     return torch.load(output, weights_only=True)
 
 

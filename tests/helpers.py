@@ -141,8 +141,14 @@ def train(cifar_dir, output, *extra):
     return lines
 
 
+# A quick run: one epoch of 2 mini-batches, on 20 training and 20 test images (conftest.one_epoch_weights holds its
+# weights)
+ONE_EPOCH = ["--epochs", "1", "--limit", "20"]
+
+
 def run_until_the_save(cifar_dir, output, before_the_save, *extra):
-    """A one-epoch run that calls before_the_save() as training ends; return its exit code, lines and error."""
+    """A quick run (ONE_EPOCH) that calls before_the_save() as training ends; return its exit code, lines and
+    error."""
     real_accuracy = step1.accuracy
     calls = []
 
@@ -154,7 +160,7 @@ def run_until_the_save(cifar_dir, output, before_the_save, *extra):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(step1, "accuracy", accuracy)
-        return run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", *extra)
+        return run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH, *extra)
 
 
 def refused_output(cifar_dir, output):

@@ -19,6 +19,7 @@ import step1
 import stop_signals
 from helpers import (
     AS_ROOT,
+    ONE_EPOCH,
     ROOT,
     as_a_user,
     at_low_priority,
@@ -196,7 +197,7 @@ class ClosedAfter(io.StringIO):
 def test_standard_output_closed_after_the_last_update_saves_first(cifar_dir, tmp_path, one_epoch_weights):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
-    code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", out=ClosedAfter("mini-batch :   12"))
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH, out=ClosedAfter("mini-batch :    2"))
     assert code == 1
     assert err.splitlines() == [
         "error: could not print to the standard output (Broken pipe: the program reading the output has stopped; "
@@ -246,7 +247,7 @@ def test_output_that_fails_at_the_last_flush_says_that_the_weights_were_saved(ci
         os.close(read)
         out = Buffered(open(written, "wb"))
     try:
-        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", out=out)
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH, out=out)
     finally:
         with contextlib.suppress(OSError):
             out.close()

@@ -31,6 +31,7 @@ import step1
 from failures import Failure
 from helpers import (
     AS_ROOT,
+    ONE_EPOCH,
     ROOT,
     as_a_user,
     earlier_weights,
@@ -145,7 +146,7 @@ def test_a_name_too_long_is_refused_before_training_and_one_that_fits_is_saved(c
     assert err == (f"error: the checkpoint of --output: {too_long_for_its_checkpoint}.checkpoint cannot be written "
                    f"(File name too long: use a shorter name); choose another path\n")
     longest = tmp_path / ("w" * 240 + ".pth")  # 244, and 255 with .checkpoint: too long for a temporary name
-    train(cifar_dir, longest, "--epochs", "1")
+    train(cifar_dir, longest, *ONE_EPOCH)
     assert list(torch.load(longest, weights_only=True)) == list(MyNet().state_dict())
     assert sorted(os.listdir(tmp_path)) == [longest.name, f"{longest.name}.checkpoint"]
 
@@ -259,7 +260,7 @@ def test_earlier_weights_in_either_format_are_replaced(cifar_dir, tmp_path, form
     output = tmp_path / "my_network.pth"
     torch.save(MyNet().state_dict(), output, _use_new_zipfile_serialization=format.startswith("zip"))
     earlier = output.read_bytes()
-    train(cifar_dir, output, "--epochs", "1")
+    train(cifar_dir, output, *ONE_EPOCH)
     assert output.read_bytes() != earlier
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
     assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
@@ -509,7 +510,7 @@ def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
     beside = {"my_network.pth.tmp": b"a run of mine", "step1-0123abcd.tmp": b"notes", "results.tmp": b"results"}
     for name, content in beside.items():
         (tmp_path / name).write_bytes(content)
-    train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
+    train(cifar_dir, tmp_path / "my_network.pth", *ONE_EPOCH)
     assert sorted(os.listdir(tmp_path)) == sorted([*beside, "my_network.pth", "my_network.pth.checkpoint"])
     assert all((tmp_path / name).read_bytes() == content for name, content in beside.items())
 
@@ -517,7 +518,7 @@ def test_files_beside_the_output_are_left_alone(cifar_dir, tmp_path):
 def test_a_new_file_gets_the_usual_permission_bits(cifar_dir, tmp_path):
     umask = os.umask(0o027)
     try:
-        train(cifar_dir, tmp_path / "my_network.pth", "--epochs", "1")
+        train(cifar_dir, tmp_path / "my_network.pth", *ONE_EPOCH)
     finally:
         os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "my_network.pth").st_mode) == 0o640  # 0o666 less the umask
@@ -528,7 +529,7 @@ def test_a_replaced_file_keeps_its_permission_bits(cifar_dir, tmp_path, mode):
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     output.chmod(mode)
-    train(cifar_dir, output, "--epochs", "1")
+    train(cifar_dir, output, *ONE_EPOCH)
     assert stat.S_IMODE(os.stat(output).st_mode) == mode
     assert output.read_bytes() != earlier
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
@@ -559,7 +560,7 @@ def test_the_new_file_is_private_until_it_takes_its_permissions(cifar_dir, tmp_p
     umask = os.umask(0o022)
     monkeypatch.setattr(os, "umask", lambda mask: umasks.append(mask) or real_umask(mask))
     try:
-        train(cifar_dir, output, "--epochs", "1")
+        train(cifar_dir, output, *ONE_EPOCH)
     finally:
         real_umask(umask)
     assert [oct(mode) for mode in made] == [oct(0o600)] * 2
@@ -582,7 +583,7 @@ def test_a_replaced_file_keeps_its_acl_and_extended_attributes(cifar_dir, tmp_pa
         (0x01, 6, anyone), (0x02, 4, 65534), (0x04, 4, anyone), (0x10, 4, anyone), (0x20, 0, anyone)))
     os.setxattr(output, "user.note", b"the run of Monday")
     before = {name: os.getxattr(output, name) for name in os.listxattr(output)}
-    train(cifar_dir, output, "--epochs", "1")
+    train(cifar_dir, output, *ONE_EPOCH)
     assert {name: os.getxattr(output, name) for name in os.listxattr(output)} == before
     assert oct(stat.S_IMODE(output.stat().st_mode)) == oct(0o640)
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
@@ -594,7 +595,7 @@ def test_root_replacing_a_users_file_keeps_its_owner_and_group(cifar_dir, tmp_pa
     output.chmod(0o600)
     owner = (65534, 65534) if AS_ROOT else (os.getuid(), os.getgid())  # as sudo, or Docker on a mounted folder
     os.chown(output, *owner)
-    train(cifar_dir, output, "--epochs", "1")
+    train(cifar_dir, output, *ONE_EPOCH)
     saved = os.stat(output)
     assert (saved.st_uid, saved.st_gid, stat.S_IMODE(saved.st_mode)) == (*owner, 0o600)
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
@@ -750,7 +751,7 @@ def test_a_bind_mounted_output_keeps_the_weights_elsewhere_with_the_reason(cifar
 
         monkeypatch.setattr(os, "replace", busy)
     try:
-        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     finally:
         for path in mounted:
             subprocess.run(["umount", str(path)], check=True)
@@ -902,5 +903,5 @@ def test_an_error_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(step1, "accuracy", broken)
     with pytest.raises(RuntimeError, match="a bug in the accuracy pass"):
-        run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+        run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     assert same_weights(output, one_epoch_weights)  # a bug shows whole, and the trained weights are kept

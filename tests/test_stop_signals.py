@@ -21,6 +21,7 @@ import safe_saving
 import step1
 import stop_signals
 from helpers import (
+    ONE_EPOCH,
     ROOT,
     at_low_priority,
     earlier_weights,
@@ -185,10 +186,10 @@ def test_a_stop_after_the_last_update_saves_the_weights_first(cifar_dir, tmp_pat
     accuracies = signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)  # the last update is done
     if signals == 2:  # the second comes during the save
         signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True)
-    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     assert code == -signal.SIGINT
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
-    assert "mini-batch :   12" in lines[-1]  # the accuracy lines were skipped
+    assert "mini-batch :    2" in lines[-1]  # the accuracy lines were skipped
     assert accuracies == []  # stopped before the accuracy pass ran
     assert same_weights(output, one_epoch_weights)
     assert os.listdir(tmp_path) == ["my_network.pth"]
@@ -202,7 +203,7 @@ def test_any_stop_signal_after_the_last_update_saves_first(cifar_dir, tmp_path, 
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
     signalled(monkeypatch, "step1.accuracy", number, before=True)  # training done
-    code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     assert code == -number
     assert err == f"\ninterrupted: the weights were saved to {output} first; the rest was skipped\n"
     assert same_weights(output, one_epoch_weights)
@@ -247,7 +248,7 @@ def test_a_stop_during_the_save_waits_for_it_and_the_run_ends_as_saved(cifar_dir
     earlier_weights(output)
     call = "safe_saving.save_weights" if when == "as the save begins" else "safe_saving.write_then_rename"
     signalled(monkeypatch, call, signal.SIGTERM, before=True, only_if=the_weights)
-    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     assert code == -signal.SIGTERM, err  # once the run has ended as saved: a shell loop stops
     assert err == ""
     assert lines[-1].startswith(f"Saved the weights to {output}")
@@ -270,7 +271,7 @@ def test_a_kill_just_after_the_rename_still_ends_as_saved(cifar_dir, tmp_path, m
     output = tmp_path / "my_network.pth"
     earlier = earlier_weights(output)
     signalled(monkeypatch, "os.replace", signal.SIGTERM, only_if=lambda temporary, name, **folders: name == output.name)
-    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     assert code == -signal.SIGTERM, err
     assert err == ""
     assert lines[-1].startswith(f"Saved the weights to {output}")
@@ -288,7 +289,7 @@ def test_a_stop_once_the_weights_are_saved_ends_as_saved(cifar_dir, tmp_path, mo
         signalled(monkeypatch, call, signal.SIGTERM)  # as the last line is written
 
     monkeypatch.setattr(safe_saving, "save_weights", save_then_stop_at_the_next_call)
-    code, lines, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1")
+    code, lines, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
     assert code == -signal.SIGTERM, err  # the run ends as saved, then by the signal: a shell loop stops
     assert err == ""
     assert lines[-1].startswith(f"Saved the weights to {output}")
@@ -302,7 +303,7 @@ def test_a_hangup_that_nohup_ignores_stays_ignored(cifar_dir, tmp_path, monkeypa
     found = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup python step1.py` starts it
     try:
         signalled(monkeypatch, "step1.to_float", signal.SIGHUP)  # the terminal closes, during training
-        code, lines, err = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", "--epochs", "1")
+        code, lines, err = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", *ONE_EPOCH)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, found)
@@ -367,7 +368,7 @@ def test_main_alone_passes_a_stop_during_the_save_to_the_callers_handler(cifar_d
     found = signal.signal(signal.SIGTERM, lambda number, frame: came.append(number))
     try:
         signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGTERM, before=True, only_if=the_weights)
-        code, _, err = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", as_a_script=False)
+        code, _, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH, as_a_script=False)
     finally:
         signal.signal(signal.SIGTERM, found)
     assert code == 0, err
@@ -383,7 +384,7 @@ def test_main_alone_passes_a_ctrl_c_during_the_save_on_to_the_caller_once_saved(
     found = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         signalled(monkeypatch, "safe_saving.write_then_rename", signal.SIGINT, before=True, only_if=the_weights)
-        code, lines, _ = run_on_the_tiny_data(cifar_dir, output, "--epochs", "1", as_a_script=False)
+        code, lines, _ = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH, as_a_script=False)
     finally:
         signal.signal(signal.SIGINT, found)
     assert code == -signal.SIGINT
@@ -402,7 +403,7 @@ def test_main_alone_passes_ctrl_c_on_to_its_caller_once_the_weights_are_saved(ci
     else:
         signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)
     with pytest.raises(KeyboardInterrupt) as stop:
-        step1.main(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", "--epochs", "1"])
+        step1.main(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *ONE_EPOCH])
     if when == "during the save":
         assert type(stop.value) is KeyboardInterrupt and str(stop.value) == ""  # not a line about a --resume
         assert sorted(os.listdir(tmp_path)) == ["my_network.pth", "my_network.pth.checkpoint"]
