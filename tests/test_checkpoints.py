@@ -1,22 +1,18 @@
 """checkpoints.py: a checkpoint at the end of each epoch, and --resume from it to the very weights and lines of a run
 that was never stopped; the refused resumes, each with its one line; a stop that names the command that goes on, and
-ends the process by its own signal, so that a shell loop stops.
+ends the process by its own signal.
 
 Stops come at four places of epoch 1 of 3 (during its training, in its accuracy pass, during its checkpoint's save,
-after it), by SIGINT, SIGTERM and SIGHUP in this process, and by SIGKILL in a process forked for it."""
-import contextlib
+after it), by each stop signal in this process, and by SIGKILL in a process forked for it."""
 import io
 import json
 import os
 import pathlib
-import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import traceback
 
 import pytest
@@ -28,9 +24,7 @@ import step1
 from helpers import (
     ROOT,
     a_new_python,
-    at_low_priority,
     earlier_weights,
-    python_command,
     run_on_the_tiny_data,
     same_weights,
     send_here,
@@ -355,52 +349,6 @@ def test_a_stop_after_a_checkpoint_that_could_not_be_saved_names_no_checkpoint(c
     assert err == (f"warning: could not save the checkpoint of epoch 0 to {output}.checkpoint (No space left on "
                    f"device: free some space); training goes on\n\ninterrupted: no weights were saved\n")
     assert os.listdir(tmp_path) == []
-
-
-def a_shell_loop_stopped_by_ctrl_c(cifar_dir, folder):
-    """For the new_python marker (conftest.new_pythons): `for seed in 1 2 3; do python step1.py --seed $seed; ...`,
-    and a Ctrl-C once the first run has a checkpoint, from a thread of this process, which then waits for the loop's
-    end. Yields the loop, that thread and what it found: the loop's output, error output, and the seconds from the
-    Ctrl-C to its end."""
-    command = shlex.join(python_command("step1.py", "--data-dir", cifar_dir, "--output", folder / "w.pth",
-                                        "--device", "cpu", "--epochs", "1000", "--seed"))
-    loop_command = f'for seed in 1 2 3; do {command} "$seed"; echo "status $?"; done'
-    loop = subprocess.Popen(at_low_priority(["bash", "-c", loop_command]),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-
-    def ctrl_c_once_a_checkpoint_is_there():
-        for line in loop.stdout:
-            if line.startswith("Epoch :  1, training accuracy"):
-                break
-        start = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):  # ended already: the test says how
-            os.killpg(loop.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the shell and to python
-        found["out"], found["err"] = loop.communicate(timeout=60)
-        found["seconds"] = time.monotonic() - start
-
-    found = {}
-    thread = threading.Thread(target=ctrl_c_once_a_checkpoint_is_there)
-    with loop:
-        thread.start()
-        yield loop, thread, found
-        if loop.poll() is None:  # no test waited for it: end bash and python, their group still theirs
-            os.killpg(loop.pid, signal.SIGKILL)
-        thread.join()
-
-
-@pytest.mark.new_python(start=a_shell_loop_stopped_by_ctrl_c)
-def test_ctrl_c_ends_a_shell_loop_as_it_would_end_python(started):
-    """A shell goes on to its loop's next command unless its child was ended by the signal: with exit status 1 after
-    Ctrl-C, `for seed in 1 2 3; do python step1.py --seed $seed; done` took three Ctrl-C to stop."""
-    loop, thread, found = started
-    thread.join(timeout=120)
-    assert loop.returncode == -signal.SIGINT  # the shell stopped the loop: its child ended by SIGINT
-    assert "status" not in found["out"] and "Device" not in found["out"]  # no next seed
-    # Epoch 1's checkpoint, or epoch 0's if the stop came before the one of epoch 1 was saved
-    assert re.fullmatch(r"\ninterrupted during epoch (2; the checkpoint of epoch 1|1; the checkpoint of epoch 0) is "
-                        r"in .*w\.pth\.checkpoint\. To go on from it: .* --seed 1 --resume\n", found["err"])
-    assert found["seconds"] < 30
 
 
 @pytest.mark.parametrize("name", ["my network.pth", "it's $HOME `here`.pth", "tab\there.pth", "line\nbreak.pth",

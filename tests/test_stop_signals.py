@@ -1,11 +1,13 @@
-"""stop_signals.py: Ctrl-C, a kill or a closed terminal (SIGINT, SIGTERM, SIGHUP) at each moment of a run of
-step1.py: during the imports, before the last update (one line, nothing saved), after it (the weights saved first),
-during the save (the stop waits for it: deferred) and after it (the run ends as saved); a second stop while the
-first ends the run; nohup's ignored hangup; and main() called from other code (a notebook, a thread), which leaves
-the caller's handlers as it found them and passes them a stop that came during the save."""
+"""stop_signals.py: Ctrl-C, a kill, a closed terminal or a scheduler's warning (the stop signals) at each moment of a
+run of step1.py: during the imports, before the last update (one line, nothing saved), after it (the weights saved
+first), during the save (the stop waits for it: deferred) and after it (the run ends as saved); a second stop while
+the first ends the run; the process ended by the signal, so that a shell loop stops; nohup's ignored hangup; and
+main() called from other code (a notebook, a thread), which leaves the caller's handlers as it found them and passes
+them a stop that came during the save."""
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -131,48 +133,58 @@ def test_a_hangup_before_the_last_update_is_one_line_and_saves_nothing(cifar_dir
     assert output.read_bytes() == earlier
 
 
-def ctrl_c_twice_under_timeout(cifar_dir, folder):
-    """For the new_python marker (conftest.new_pythons): `timeout 600 python step1.py`, then Ctrl-C twice, well into
-    training, from a thread of this process. Yields the run, that thread, the output file and its earlier bytes."""
+def ctrl_c_twice_on_a_shell_loop(cifar_dir, folder):
+    """For the new_python marker (conftest.new_pythons): `for seed in 1 2 3; do python step1.py --seed "$seed" ...;
+    echo "status $?"; done` over earlier weights, then Ctrl-C twice once the first run has a checkpoint, from a thread
+    of this process, which then waits for the loop's end. Yields the loop, that thread, what it found (the loop's
+    output and error output from then on, and the seconds from the Ctrl-C to the end), the output file and its
+    earlier bytes."""
     output = folder / "my_network.pth"
     earlier = earlier_weights(output)
-    command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                             "--epochs", "1000000")
-    run = subprocess.Popen(at_low_priority(["timeout", "600", *command]),
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    command = shlex.join(python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
+                                        "--epochs", "1000", "--seed"))
+    loop_command = f'for seed in 1 2 3; do {command} "$seed"; echo "status $?"; done'
+    loop = subprocess.Popen(at_low_priority(["bash", "-c", loop_command]), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            start_new_session=True)
 
     def ctrl_c_twice():
-        for line in run.stdout:
+        for line in loop.stdout:
             if line.startswith("Epoch :  1, training accuracy"):  # well into training: epoch 0's checkpoint is saved
                 break
+        start = time.monotonic()
         with contextlib.suppress(ProcessLookupError):  # ended already: the test says how
-            os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: to every process of the terminal's foreground group
-            time.sleep(0.1)
-            os.killpg(run.pid, signal.SIGINT)  # and Ctrl-C again, impatient, while the run ends
+            os.killpg(loop.pid, signal.SIGINT)  # Ctrl-C: to every process of the terminal's foreground group
+            os.killpg(loop.pid, signal.SIGINT)  # and again at once, as `timeout` passes it on, or an impatient user
+        found["out"], found["err"] = loop.communicate(timeout=60)
+        found["seconds"] = time.monotonic() - start
 
+    found = {}
     thread = threading.Thread(target=ctrl_c_twice)
-    with run:
+    with loop:
         thread.start()
-        yield run, thread, output, earlier
-        if run.poll() is None:  # no test waited for it: end timeout and python, their group still theirs
-            os.killpg(run.pid, signal.SIGKILL)
+        yield loop, thread, found, output, earlier
+        if loop.poll() is None:  # no test waited for it: end bash and python, their group still theirs
+            os.killpg(loop.pid, signal.SIGKILL)
         thread.join()
 
 
-@pytest.mark.new_python(start=ctrl_c_twice_under_timeout)
-def test_ctrl_c_twice_under_timeout_which_passes_it_on_is_one_line(started):
-    """`timeout 600 python step1.py`, then Ctrl-C twice: each time, the terminal sends SIGINT to both, and timeout
-    sends it again. A signal during the ending adds nothing to the one line (not Python's "Exception ignored ...
-    SystemExit")."""
-    run, thread, output, earlier = started
-    thread.join(timeout=60)
-    _, err = run.communicate(timeout=60)
-    assert run.returncode == -signal.SIGINT  # timeout ends as its command ended
-    assert re.fullmatch(rf"\ninterrupted during epoch (\d+); the checkpoint of epoch \d+ is in {re.escape(str(output))}"
-                        rf"\.checkpoint\. To go on from it: .* --resume\n", err), err
+@pytest.mark.new_python(start=ctrl_c_twice_on_a_shell_loop)
+def test_ctrl_c_twice_stops_a_shell_loop_with_one_line(started):
+    """A shell goes on to its loop's next command unless its child was ended by the signal: with exit status 1 after
+    Ctrl-C, such a loop took three Ctrl-C to stop. The second Ctrl-C, during the ending, adds nothing to the one line
+    (not Python's "Exception ignored ... SystemExit")."""
+    loop, thread, found, output, earlier = started
+    thread.join(timeout=120)
+    assert loop.returncode == -signal.SIGINT  # the shell stopped the loop: its child ended by SIGINT
+    assert "status" not in found["out"] and "Device" not in found["out"]  # no next seed
+    # Epoch 1's checkpoint, or epoch 0's if the stop came before the one of epoch 1 was saved
+    assert re.fullmatch(rf"\ninterrupted during epoch (2; the checkpoint of epoch 1|1; the checkpoint of epoch 0) is "
+                        rf"in {re.escape(str(output))}\.checkpoint\. To go on from it: .* --seed 1 --resume\n",
+                        found["err"]), found["err"]
     assert output.read_bytes() == earlier
     assert sorted(os.listdir(output.parent)) == ["my_network.pth", "my_network.pth.checkpoint"]
+    assert found["seconds"] < 30
 
 
 # After the last update: the weights saved first
