@@ -13,8 +13,10 @@ Each epoch ends with a checkpoint, my_network.pth.checkpoint (--output's name, .
 import argparse
 import contextlib
 import math
+import os
 import sys
 import time
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -58,7 +60,8 @@ def main(argv=()):
                         help="use only the first N training and N test images; 0: all of them")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the checkpoint of the last finished epoch (give the same options)")
-    args = parser.parse_args(as_a_list(argv))  # main() from a notebook: the defaults, whatever the kernel's sys.argv
+    argv = as_a_list(argv)
+    args = parser.parse_args(argv)  # main() from a notebook: the defaults, whatever the kernel's sys.argv
     check_numbers(parser, args)  # now, rather than after minutes of training
     checkpoint = checkpoints.Checkpoints(args, argv)  # with --resume, read and checked now too
     device = args.device
@@ -145,11 +148,17 @@ def main(argv=()):
 
 
 def as_a_list(argv):
-    """main()'s options as a list of words. A string is refused: argparse would take each of its letters for a word."""
-    if isinstance(argv, (str, bytes)):
-        raise TypeError(f'main() takes its options as a list, such as main(["--epochs", "1"]), not as a string: '
-                        f'got main({argv!r})')
-    return list(argv)
+    """main()'s options as a list of words, read once (paths as they are named; None: no options). A string is
+    refused, as argparse would take each of its letters for a word, and so is a number, which argparse cannot read."""
+    if argv is None:
+        return []
+    refusal = f'main() takes its options as a list of strings, such as main(["--epochs", "1"]): got main({argv!r})'
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Iterable):
+        raise TypeError(refusal)
+    words = [os.fspath(word) if isinstance(word, os.PathLike) else word for word in argv]
+    if not all(isinstance(word, str) for word in words):
+        raise TypeError(refusal)
+    return words
 
 
 def to_float(images):

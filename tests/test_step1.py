@@ -6,6 +6,7 @@ before anything is read; and main() as other code calls it (the guide's order, i
 settings put back, modules whose import changes nothing)."""
 import inspect
 import os
+import pathlib
 import re
 import signal
 import sys
@@ -30,6 +31,7 @@ from helpers import (
     run_step1,
     signalled,
     skip_md5,
+    the_nth_call,
     train,
 )
 from model import MyNet
@@ -507,15 +509,28 @@ def test_main_from_a_notebook_reads_no_kernel_arguments(tmp_path, monkeypatch, o
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("argv", ["--epochs 1", b"--epochs 1"], ids=["str", "bytes"])
-def test_main_refuses_its_options_as_a_string(argv, tmp_path, monkeypatch):
-    """argparse would take each letter of the string for a word: "-", "-", "e"..."""
+@pytest.mark.parametrize("argv", ["--epochs 1", b"--epochs 1", ["--epochs", 1], 1],
+                         ids=["str", "bytes", "a number in the list", "a number"])
+def test_main_refuses_options_that_are_not_a_list_of_strings(argv, tmp_path, monkeypatch):
+    """argparse would take each letter of a string for a word ("-", "-", "e"...), and fails on a number."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TypeError) as refused:
         step1.main(argv)
-    assert str(refused.value) == (f'main() takes its options as a list, such as main(["--epochs", "1"]), not as a '
-                                  f'string: got main({argv!r})')
+    assert str(refused.value) == (f'main() takes its options as a list of strings, such as main(["--epochs", "1"]): '
+                                  f'got main({argv!r})')
     assert os.listdir(tmp_path) == []
+
+
+def test_main_takes_its_options_from_any_iterable_once_with_paths_as_named(cifar_dir, tmp_path, monkeypatch):
+    """A generator is read once: the line after a stop names every option of the run, not an empty command."""
+    signalled(monkeypatch, "step1.to_float", signal.SIGINT, only_if=the_nth_call(15))  # in epoch 1: a checkpoint
+    options = iter(["--data-dir", pathlib.Path(cifar_dir), "--output", tmp_path / "w.pth", "--device", "cpu",
+                    "--epochs", "2"])
+    with pytest.MonkeyPatch.context() as patch:
+        skip_md5(patch.setattr)
+        code, _, err = run_step1(options)
+    assert code == -signal.SIGINT
+    assert err.endswith(f"--data-dir {cifar_dir} --output {tmp_path}/w.pth --device cpu --epochs 2 --resume\n")
 
 
 def flags():
