@@ -16,6 +16,7 @@ the same options, goes on from the last one, and on a CPU ends with the very wei
 main() seeds torch's random numbers, so a notebook that calls it would then draw the same numbers whatever seed it had
 set: random_numbers_given_back gives a caller its own random states back, however main() ends.
 """
+import contextlib
 import functools
 import io
 import os
@@ -83,8 +84,10 @@ class Checkpoints:
                                               holds_something_else=what_it_holds_unless_a_checkpoint)
             except (OSError, Failure) as error:
                 reason = why(error) if isinstance(error, OSError) else str(error)
-                print(f"warning: could not save the checkpoint of epoch {epoch} to {quoted(self.path)} ({reason}); "
-                      f"training goes on", file=sys.stderr)
+                warning = (f"warning: could not save the checkpoint of epoch {epoch} to {quoted(self.path)} "
+                           f"({reason}); training goes on")
+                with contextlib.suppress(OSError):  # error output on a full disk too: the warning is lost, not the run
+                    print(warning, file=sys.stderr)
                 return
             self.last_epoch = epoch  # before a stop that waited is passed on: the line names this epoch
 

@@ -4,6 +4,8 @@ ends the process by its own signal.
 
 Stops come at four places of epoch 1 of 3 (during its training, in its accuracy pass, during its checkpoint's save,
 after it), by each stop signal in this process, and by SIGKILL in a process forked for it."""
+import contextlib
+import errno
 import io
 import json
 import os
@@ -336,6 +338,23 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cif
     assert code == 0
     assert err.splitlines() == [f"warning: could not save the checkpoint of epoch {epoch} to {output}.checkpoint (No "
                                 f"space left on device: free some space); training goes on" for epoch in range(3)]
+    assert same_weights(output, uninterrupted[1])
+
+
+class FullDisk(io.StringIO):
+    """Error output to a file on a full disk."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_checkpoint_warning_that_cannot_be_printed_is_lost_and_training_goes_on(cifar_dir, tmp_path, monkeypatch,
+                                                                                  uninterrupted):
+    output = tmp_path / "my_network.pth"
+    no_room_for_checkpoints(monkeypatch)
+    skip_md5(monkeypatch.setattr)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(FullDisk()):
+        step1.main(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *RUN])
     assert same_weights(output, uninterrupted[1])
 
 
