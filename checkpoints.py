@@ -32,7 +32,7 @@ import torch.optim as optim
 
 import safe_saving
 import stop_signals
-from failures import Failure, quoted, why
+from failures import Failure, add_line, quoted, why
 from model import MyNet
 
 FORMAT = "step1.py checkpoint, version 1"  # what marks a checkpoint of this script, and of which contents
@@ -95,11 +95,16 @@ class Checkpoints:
         return self
 
     def __exit__(self, kind, error, traceback):
-        # Once every epoch's checkpoint is saved, there is nothing to go on from: a stop then is the weights' concern.
-        if isinstance(error, KeyboardInterrupt) and self.last_epoch is not None and self.last_epoch + 1 < self.epochs:
+        # Once every epoch's checkpoint is saved, there is nothing to go on from: the ending is the weights' concern.
+        if self.last_epoch is None or self.last_epoch + 1 >= self.epochs:
+            return False
+        where = f"{quoted(self.path)}. To go on from it: {self.command}"
+        if isinstance(error, KeyboardInterrupt):
             raise stop_signals.stopped_again(
                 error, f"\ninterrupted during epoch {self.last_epoch + 1}; the checkpoint of epoch {self.last_epoch} "
-                       f"is in {quoted(self.path)}. To go on from it: {self.command}") from None
+                       f"is in {where}") from None
+        if isinstance(error, Exception) and not isinstance(error, Failure):  # a bug, memory run out: seen whole
+            add_line(error, f"The checkpoint of epoch {self.last_epoch} is in {where}")
         return False
 
 

@@ -129,6 +129,15 @@ def one_line_for_failures():
         sys.stdout = output
 
 
+def add_line(error, line):
+    """line under error's traceback (Python 3.11 and later; before, above it): an error that is no failure the user
+    can act on (a bug, memory that ran out) is shown whole, with what was kept despite it."""
+    if hasattr(error, "add_note"):
+        error.add_note(line)
+    else:
+        print(line, file=sys.stderr)
+
+
 def end_with(line, output):
     """Exit with line on standard error and status 1, whatever output still holds."""
     with contextlib.suppress(KeyboardInterrupt):  # another stop while the program ends: the line says what happened

@@ -41,7 +41,7 @@ import torch
 
 import data_folder
 import stop_signals
-from failures import Failure, kind_of, quoted, why
+from failures import Failure, add_line, kind_of, quoted, why
 from model import MyNet
 
 
@@ -444,4 +444,5 @@ class KeepTrainedWeights:
             ) from None
         if isinstance(error, Failure):
             raise Failure(f"{error}; the weights were saved to {quoted(self.path)} first") from error
-        return False  # anything else is a bug to see whole: its traceback, the weights saved
+        add_line(error, f"The weights were saved to {quoted(self.path)} before this error ended the run.")
+        return False  # anything else is to be seen whole, as a bug is: its traceback, the weights saved

@@ -163,6 +163,19 @@ def run_until_the_save(cifar_dir, output, before_the_save, *extra):
         return run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH, *extra)
 
 
+def an_error_in_a_run(cifar_dir, output, *extra):
+    """A run of main() on the tiny data set that must end in an error that is no Failure (a bug, memory run out);
+    returns that error and the lines shown with it: its notes (failures.add_line, Python 3.11 and later), or the lines
+    printed before its traceback."""
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(err), pytest.raises(Exception) as raised:
+        skip_md5(patch.setattr)
+        step1.main(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *extra])
+    assert not isinstance(raised.value, failures.Failure)
+    return raised.value, getattr(raised.value, "__notes__", []) + err.getvalue().splitlines()
+
+
 def refused_output(cifar_dir, output):
     """Run with a bad --output; return the error line, after checking nothing was read or trained."""
     code, lines, err = run_step1(["--data-dir", cifar_dir, "--output", str(output), "--device", "cpu"])

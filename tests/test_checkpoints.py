@@ -26,6 +26,7 @@ import step1
 from helpers import (
     ROOT,
     a_new_python,
+    an_error_in_a_run,
     earlier_weights,
     run_on_the_tiny_data,
     same_weights,
@@ -81,14 +82,18 @@ def stop_in_epoch_1(patch, phase, stop):
         counted(os, "replace", os.replace, 2, before=False)
 
 
-def resume_line(output, last_epoch, options):
+def where_to_go_on(output, last_epoch, cifar_dir):
+    """The checkpoint of a run with RUN's options, and the command that goes on from it."""
     python = os.path.basename(sys.executable)  # as a shell finds it, if it does
     if shutil.which(python) != sys.executable:
         python = sys.executable
     command = shlex.join([python, os.path.relpath(os.path.join(ROOT, "step1.py")),
-                          "--data-dir", options[0], "--output", str(output), "--device", "cpu", *RUN, "--resume"])
-    return (f"\ninterrupted during epoch {last_epoch + 1}; the checkpoint of epoch {last_epoch} is in "
-            f"{output}.checkpoint. To go on from it: {command}\n")
+                          "--data-dir", cifar_dir, "--output", str(output), "--device", "cpu", *RUN, "--resume"])
+    return f"the checkpoint of epoch {last_epoch} is in {output}.checkpoint. To go on from it: {command}"
+
+
+def resume_line(output, last_epoch, cifar_dir):
+    return f"\ninterrupted during epoch {last_epoch + 1}; {where_to_go_on(output, last_epoch, cifar_dir)}\n"
 
 
 def assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted):
@@ -113,7 +118,7 @@ def test_a_run_stopped_in_any_phase_resumes_to_the_uninterrupted_runs_weights(ci
         code, lines, err = run_on_the_tiny_data(cifar_dir, output, *RUN)
     assert code == -number  # python step1.py ends by the signal
     last_epoch = LAST_EPOCH_KEPT[phase]
-    assert err == resume_line(output, last_epoch, [cifar_dir])
+    assert err == resume_line(output, last_epoch, cifar_dir)
     assert sorted(os.listdir(tmp_path)) == ["my_network.pth.checkpoint"]  # nothing half-written
     assert_resumed_as_uninterrupted(cifar_dir, output, last_epoch, uninterrupted)
 
@@ -339,6 +344,21 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(cif
     assert err.splitlines() == [f"warning: could not save the checkpoint of epoch {epoch} to {output}.checkpoint (No "
                                 f"space left on device: free some space); training goes on" for epoch in range(3)]
     assert same_weights(output, uninterrupted[1])
+
+
+def test_an_error_after_a_checkpoint_names_it_and_the_command_that_goes_on(cifar_dir, tmp_path, monkeypatch):
+    """An error that is no failure the user can act on (here memory that runs out in epoch 1) is shown whole, as a
+    bug is, with the checkpoint it leaves."""
+    output = tmp_path / "my_network.pth"
+
+    def out_of_memory(images):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    stop_in_epoch_1(monkeypatch, "during its training", lambda: monkeypatch.setattr(step1, "to_float", out_of_memory))
+    error, shown = an_error_in_a_run(cifar_dir, output, *RUN)
+    assert str(error) == "DefaultCPUAllocator: can't allocate memory"
+    assert shown == [where_to_go_on(output, 0, cifar_dir).replace("the", "The", 1)]
+    assert os.listdir(tmp_path) == ["my_network.pth.checkpoint"]
 
 
 class FullDisk(io.StringIO):
