@@ -174,7 +174,7 @@ def refused(folder, name, path, flags):
 
 def extended_attributes(descriptor):
     """An open file's extended attributes, by name: its ACL (system.posix_acl_access on Linux), its SELinux label,
-    the user's own. None where the system or the file system keeps none."""
+    the user's own. Empty where the system or the file system keeps none."""
     if not hasattr(os, "listxattr"):  # not Linux
         return {}
     try:
@@ -257,6 +257,13 @@ def take_permissions(file, path, earlier, new_mode=0o666):
         os.fchmod(file, new_mode & ~umask())
         return
     status = earlier.status
+    take_owner(file, path, status)
+    take_extended_attributes(file, earlier.attributes)
+    os.fchmod(file, stat.S_IMODE(status.st_mode))
+
+
+def take_owner(file, path, status):
+    """Give an open file the owner and group of status; Failure if the system refuses."""
     new = os.fstat(file)
     if (new.st_uid, new.st_gid) != (status.st_uid, status.st_gid):
         try:
@@ -266,9 +273,17 @@ def take_permissions(file, path, earlier, new_mode=0o666):
                      else f"in a group that you are not in (group {status.st_gid})")
             raise Failure(f"{quoted(path)} is {whose}, and a new file cannot keep that ({error.strerror}); choose "
                           f"another path") from error
-    for name, value in earlier.attributes.items():
-        os.setxattr(file, name, value)
-    os.fchmod(file, stat.S_IMODE(status.st_mode))
+
+
+def take_extended_attributes(file, attributes):
+    """Give an open file exactly these extended attributes (by name): those it has and they lack are removed, such
+    as an ACL inherited from the folder's default ACL, and the others set where they differ."""
+    has = extended_attributes(file)
+    for name in sorted(has.keys() - attributes.keys()):
+        os.removexattr(file, name)
+    for name, value in attributes.items():
+        if has.get(name) != value:
+            os.setxattr(file, name, value)
 
 
 def umask():

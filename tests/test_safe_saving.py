@@ -589,6 +589,33 @@ def test_a_replaced_file_keeps_its_acl_and_extended_attributes(cifar_dir, tmp_pa
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
 
 
+def who_may_read(path):
+    """What decides who may read a file: its permission bits, owner and group, and extended attributes (its ACL)."""
+    status = os.stat(path)
+    return (oct(stat.S_IMODE(status.st_mode)), status.st_uid, status.st_gid,
+            {name: os.getxattr(path, name) for name in os.listxattr(path)})
+
+
+def test_a_replaced_file_without_an_acl_takes_none_from_the_folders_default_acl(cifar_dir, tmp_path):
+    """The new file beside it inherits the folder's default ACL; the earlier file had none, so no one else may read
+    the new one either."""
+    output = tmp_path / "w.pth"
+    train(cifar_dir, output, *ONE_EPOCH)  # earlier weights and an earlier checkpoint, neither with an ACL
+    earlier = {}
+    for path in (output, tmp_path / "w.pth.checkpoint"):
+        path.chmod(0o640)
+        earlier[path.name] = who_may_read(path)
+        assert earlier[path.name][3] == {}
+    anyone = 0xFFFFFFFF
+    # As `setfacl -d -m u:nobody:rw` leaves it on a folder of mode 0755: owner rwx, nobody rw, group r-x, mask rwx,
+    # others r-x
+    os.setxattr(tmp_path, "system.posix_acl_default", access_control_list(
+        (0x01, 7, anyone), (0x02, 6, 65534), (0x04, 5, anyone), (0x10, 7, anyone), (0x20, 5, anyone)))
+    train(cifar_dir, output, *ONE_EPOCH)
+    assert {name: who_may_read(tmp_path / name) for name in earlier} == earlier
+    assert sorted(os.listdir(tmp_path)) == ["w.pth", "w.pth.checkpoint"]
+
+
 def test_root_replacing_a_users_file_keeps_its_owner_and_group(cifar_dir, tmp_path):
     output = tmp_path / "my_network.pth"
     earlier_weights(output)
