@@ -8,7 +8,9 @@ Minutes of training are lost if the save fails, and a user's file is lost if the
   again right before the rename, since the file may have changed meanwhile.
 - The weights go to a new file beside --output, which takes its name only when complete: a crash or a power cut
   midway leaves the earlier file whole. It is private (0600) until it holds them, then gets everything that decided
-  who may read the earlier file: owner and group, ACL and other extended attributes, permission bits.
+  who may read the earlier file: owner and group, exactly its ACL and other extended attributes (none inherited from
+  the folder's default ACL), permission bits. With no earlier file, it gets what the system gives a plain new file
+  there (the umask, or the folder's default ACL), read from an empty one made beside it and removed at once.
 - A folder that the system keeps from changing (append-only or immutable, even to root: chattr) is refused, before
   training and at the save: there the rename would fail, and leave a file that only root could remove.
 - If that fails, for whatever reason, the same bytes go to a new file in a temporary folder (each that Python's
@@ -68,7 +70,7 @@ def check_output(path, holds_something_else=None, probe=None):
                 file.write(probe or weights_of_a_new_mynet())  # the weights' size, whatever their values
                 file.flush()
                 os.fsync(file.fileno())  # some disks say they are full only now
-                take_permissions(file.fileno(), path, earlier)
+                take_permissions(file.fileno(), folder, path, earlier)
     except OSError as error:
         raise Failure(f"{quoted(path)} cannot be written ({why(error)}); choose another path") from error
 
@@ -174,7 +176,7 @@ def refused(folder, name, path, flags):
 
 def extended_attributes(descriptor):
     """An open file's extended attributes, by name: its ACL (system.posix_acl_access on Linux), its SELinux label,
-    the user's own. None where the system or the file system keeps none."""
+    the user's own. Empty where the system or the file system keeps none."""
     if not hasattr(os, "listxattr"):  # not Linux
         return {}
     try:
@@ -248,15 +250,34 @@ def bytes_after_the_weights(file, loaded_up_to):
     return max(0, len(tail) - (end + 22 + comment_length))
 
 
-def take_permissions(file, path, earlier, new_mode=0o666):
+def take_permissions(file, folder, path, earlier, new_mode=0o666):
     """Give a new file, made private (0600), everything that decided who may read the earlier file it is to replace
     (an Earlier): a private file stays private, and a user's file stays theirs when root replaces it. Owner first
     (Linux clears the setuid and setgid bits on a chown), then the extended attributes (the ACL), then the permission
-    bits. With no earlier file: new_mode less the umask, as the system gives a new file."""
-    if earlier is None:
-        os.fchmod(file, new_mode & ~umask())
-        return
-    status = earlier.status
+    bits. With no earlier file: what the system gives a new file made with new_mode in that folder (new_file_there)."""
+    model = earlier or new_file_there(folder, path, new_mode)
+    take_owner(file, path, model.status)
+    take_extended_attributes(file, model.attributes)
+    os.fchmod(file, stat.S_IMODE(model.status.st_mode))
+
+
+def new_file_there(folder, path, mode):
+    """What the system gives a plain new file made with mode in path's folder (an Earlier), asked of it: an empty file
+    made there now, under a name of its own, and removed at once. Not computed: under a default ACL the umask does not
+    apply, and the new file takes that ACL masked by mode."""
+    name = f"step1-{uuid.uuid4().hex[:8]}.new"
+    if folder is None:
+        name = os.path.join(os.path.dirname(path), name)
+    with contextlib.ExitStack() as cleanup:
+        descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode,
+                             dir_fd=folder)
+        cleanup.callback(os.remove, name, dir_fd=folder)  # after the close (Windows removes no open file)
+        cleanup.callback(os.close, descriptor)
+        return Earlier(os.fstat(descriptor), extended_attributes(descriptor))
+
+
+def take_owner(file, path, status):
+    """Give an open file the owner and group of status; Failure if the system refuses."""
     new = os.fstat(file)
     if (new.st_uid, new.st_gid) != (status.st_uid, status.st_gid):
         try:
@@ -266,21 +287,17 @@ def take_permissions(file, path, earlier, new_mode=0o666):
                      else f"in a group that you are not in (group {status.st_gid})")
             raise Failure(f"{quoted(path)} is {whose}, and a new file cannot keep that ({error.strerror}); choose "
                           f"another path") from error
-    for name, value in earlier.attributes.items():
-        os.setxattr(file, name, value)
-    os.fchmod(file, stat.S_IMODE(status.st_mode))
 
 
-def umask():
-    """The process's umask, read where the system shows it (/proc/self/status, Linux 4.7 and later): os.umask reads
-    it only by setting another, which a file made meanwhile by another thread would get."""
-    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii", errors="replace") as status:
-        for line in status:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    found = os.umask(0o077)  # meanwhile, private
-    os.umask(found)
-    return found
+def take_extended_attributes(file, attributes):
+    """Give an open file exactly these extended attributes (by name): those it has and they lack are removed, such
+    as an ACL inherited from the folder's default ACL, and the others set where they differ."""
+    has = extended_attributes(file)
+    for name in sorted(has.keys() - attributes.keys()):
+        os.removexattr(file, name)
+    for name, value in attributes.items():
+        if has.get(name) != value:
+            os.setxattr(file, name, value)
 
 
 @functools.lru_cache(maxsize=1)  # the same bytes each time: made once
@@ -340,8 +357,8 @@ def places_to_keep_them():
 
 def write_then_rename(data, path, new_mode=0o666, holds_something_else=None):
     """Write data to a new file in path's folder, then give it path's name, if path may be replaced then: path is
-    never half-written, and the check holds up to the very moment of replacing. new_mode: a new file's permission
-    bits, less the umask; holds_something_else: the rule of replaceable()."""
+    never half-written, and the check holds up to the very moment of replacing. new_mode: the mode that a new file is
+    made with (the umask or a default ACL then applies); holds_something_else: the rule of replaceable()."""
     with in_folder(path) as (folder, name):
         # A short name, whatever path's length; x: never a file that exists.
         temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
@@ -355,7 +372,8 @@ def write_then_rename(data, path, new_mode=0o666, holds_something_else=None):
                 file.write(data)
                 file.flush()
                 earlier = replaceable(folder, name, path, holds_something_else)  # again: it may have changed
-                take_permissions(file.fileno(), path, earlier, new_mode)  # after the data: a write clears setuid
+                # After the data: a write clears setuid.
+                take_permissions(file.fileno(), folder, path, earlier, new_mode)
                 os.fsync(file.fileno())  # on the disk before the rename, so a power cut cannot leave it empty
             if not unchanged(folder, name, earlier):  # during the sync, which can take long on a network disk
                 raise Failure(f"{quoted(path)} changed while the weights were saved; choose another path")

@@ -540,7 +540,8 @@ def test_a_replaced_file_keeps_its_permission_bits(cifar_dir, tmp_path, mode):
 @pytest.mark.parametrize("earlier", ["a private file (0600)", "no file"])
 def test_the_new_file_is_private_until_it_takes_its_permissions(cifar_dir, tmp_path, monkeypatch, earlier):
     """Made with the usual 0644, the new file beside a private --output could be opened by others before its chmod,
-    and read once the weights are in it. The umask is read without being changed: another thread may make files."""
+    and read once the weights are in it. The umask is never changed, not even to read it: another thread may make
+    files meanwhile."""
     output = tmp_path / "my_network.pth"
     if earlier != "no file":
         earlier_weights(output)
@@ -550,7 +551,7 @@ def test_the_new_file_is_private_until_it_takes_its_permissions(cifar_dir, tmp_p
 
     def recording_open(path, flags, *args, **kwargs):
         descriptor = real_open(path, flags, *args, **kwargs)
-        if str(path).startswith("step1-"):  # the new files beside it: the checkpoint's, the weights'
+        if str(path).startswith("step1-") and str(path).endswith(".tmp"):  # the checkpoint's, the weights'
             made.append(stat.S_IMODE(os.fstat(descriptor).st_mode))
         return descriptor
 
@@ -566,7 +567,7 @@ def test_the_new_file_is_private_until_it_takes_its_permissions(cifar_dir, tmp_p
         real_umask(umask)
     assert [oct(mode) for mode in made] == [oct(0o600)] * 2
     assert oct(stat.S_IMODE(output.stat().st_mode)) == oct(0o600 if earlier != "no file" else 0o644)
-    assert umasks == []  # read from /proc/self/status
+    assert umasks == []
 
 
 def access_control_list(*entries):
@@ -588,6 +589,62 @@ def test_a_replaced_file_keeps_its_acl_and_extended_attributes(cifar_dir, tmp_pa
     assert {name: os.getxattr(output, name) for name in os.listxattr(output)} == before
     assert oct(stat.S_IMODE(output.stat().st_mode)) == oct(0o640)
     assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+
+
+def who_may_read(path):
+    """What decides who may read a file: its permission bits, owner and group, and extended attributes (its ACL)."""
+    status = os.stat(path)
+    return (oct(stat.S_IMODE(status.st_mode)), status.st_uid, status.st_gid,
+            {name: os.getxattr(path, name) for name in os.listxattr(path)})
+
+
+def test_a_new_file_under_a_default_acl_gets_what_any_new_file_gets_there(cifar_dir, tmp_path):
+    """Under a folder's default ACL the umask does not apply: a new file takes the default ACL, masked by the mode
+    that its open() asks for. The weights and the checkpoint get what `touch` gives there, not the umask's 0644."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    anyone = 0xFFFFFFFF
+    # As `setfacl -d -m u::rw,g::---,o::---,u:nobody:rw` leaves it: owner rw, nobody rw, group nothing, mask rw,
+    # others nothing
+    os.setxattr(folder, "system.posix_acl_default", access_control_list(
+        (0x01, 6, anyone), (0x02, 6, 65534), (0x04, 0, anyone), (0x10, 6, anyone), (0x20, 0, anyone)))
+    train(cifar_dir, folder / "w.pth", *ONE_EPOCH)
+    (folder / "touched").touch()  # open() with 0666, as touch
+    usual = who_may_read(folder / "touched")
+    assert usual[0] == oct(0o660) and "system.posix_acl_access" in usual[3]
+    assert {name: who_may_read(folder / name) for name in ("w.pth", "w.pth.checkpoint")} == {
+        "w.pth": usual, "w.pth.checkpoint": usual}
+    assert sorted(os.listdir(folder)) == ["touched", "w.pth", "w.pth.checkpoint"]
+
+
+def test_the_empty_file_that_shows_what_a_new_file_gets_is_removed_even_on_an_error(tmp_path, monkeypatch):
+    def failing(descriptor):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(safe_saving, "extended_attributes", failing)  # as the empty file's are read
+    with pytest.raises(OSError, match="Input/output error"):
+        safe_saving.write_then_rename(safe_saving.as_bytes(some_weights()), str(tmp_path / "my_network.pth"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_replaced_file_without_an_acl_takes_none_from_the_folders_default_acl(cifar_dir, tmp_path):
+    """The new file beside it inherits the folder's default ACL; the earlier file had none, so no one else may read
+    the new one either."""
+    output = tmp_path / "w.pth"
+    train(cifar_dir, output, *ONE_EPOCH)  # earlier weights and an earlier checkpoint, neither with an ACL
+    earlier = {}
+    for path in (output, tmp_path / "w.pth.checkpoint"):
+        path.chmod(0o640)
+        earlier[path.name] = who_may_read(path)
+        assert earlier[path.name][3] == {}
+    anyone = 0xFFFFFFFF
+    # As `setfacl -d -m u:nobody:rw` leaves it on a folder of mode 0755: owner rwx, nobody rw, group r-x, mask rwx,
+    # others r-x
+    os.setxattr(tmp_path, "system.posix_acl_default", access_control_list(
+        (0x01, 7, anyone), (0x02, 6, 65534), (0x04, 5, anyone), (0x10, 7, anyone), (0x20, 5, anyone)))
+    train(cifar_dir, output, *ONE_EPOCH)
+    assert {name: who_may_read(tmp_path / name) for name in earlier} == earlier
+    assert sorted(os.listdir(tmp_path)) == ["w.pth", "w.pth.checkpoint"]
 
 
 def test_root_replacing_a_users_file_keeps_its_owner_and_group(cifar_dir, tmp_path):
