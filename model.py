@@ -114,15 +114,41 @@ def type_name(x) -> str:
     return f"a {type(x).__module__}.{type(x).__qualname__}"
 
 
+def package_name(x) -> str:
+    """The package of a value's type: "numpy" for an array, "PIL" for a picture, without importing either."""
+    return type(x).__module__.partition(".")[0]
+
+
 def non_tensor_advice(x) -> str:
     """What to do about images that are not in a tensor yet."""
-    module = type(x).__module__.partition(".")[0]
-    if module == "numpy":
+    if package_name(x) == "numpy":
         return "torch.from_numpy(array) makes one"
-    if module == "PIL":
+    if package_name(x) == "PIL":
         return "transforms.ToTensor()(picture).unsqueeze(0) makes a batch of one, as in training"
-    if isinstance(x, (list, tuple)) and x and all(isinstance(item, torch.Tensor) for item in x):
-        return "torch.stack(images) makes one batch of a list of image tensors"
     if isinstance(x, (list, tuple)):
-        return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
+        return sequence_advice(x)
     return "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"
+
+
+def sequence_advice(items) -> str:
+    """What to do about a list or tuple: the call that makes one batch of it depends on what it holds."""
+    # A DataLoader's batch is [images, labels], a dataset's sample (image, label): the labels are no input.
+    if len(items) == 2 and is_labels(items[1]):
+        images, labels = items
+        if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor) and labels.dim() == 1:
+            return "pass the images only, not their labels: images, labels = batch; model(images)"
+        if isinstance(images, torch.Tensor) and images.dim() == 3:
+            return "pass the image only, as a batch of one: image, label = sample; model(image.unsqueeze(0))"
+        if package_name(images) == "PIL":
+            return ("pass the picture only, as a batch of one: picture, label = sample; "
+                    "model(transforms.ToTensor()(picture).unsqueeze(0))")
+    if len(items) > 0 and all(isinstance(item, torch.Tensor) for item in items):
+        return "torch.stack(images) makes one batch of a list of image tensors"
+    return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
+
+
+def is_labels(x) -> bool:
+    """Whether x looks like the class labels a dataset gives beside its images: a whole number, or a row of them."""
+    if isinstance(x, torch.Tensor):
+        return x.dim() <= 1 and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+    return isinstance(x, int) and not isinstance(x, bool)
