@@ -5,7 +5,7 @@ then three fully connected layers turn those 384 numbers into 10 class scores.
 Submodule names and order match the guide's code, so a state_dict saved by
 either network loads into the other.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -132,6 +132,8 @@ def non_tensor_advice(x) -> str:
 
 def sequence_advice(items) -> str:
     """What to do about a list or tuple: the call that makes one batch of it depends on what it holds."""
+    if len(items) == 0:
+        return "it is empty, with no images in it to classify"
     # A DataLoader's batch is [images, labels], a dataset's sample (image, label): the labels are no input.
     if len(items) == 2 and is_labels(items[1]):
         images, labels = items
@@ -142,8 +144,18 @@ def sequence_advice(items) -> str:
         if package_name(images) == "PIL":
             return ("pass the picture only, as a batch of one: picture, label = sample; "
                     "model(transforms.ToTensor()(picture).unsqueeze(0))")
-    if len(items) > 0 and all(isinstance(item, torch.Tensor) for item in items):
-        return "torch.stack(images) makes one batch of a list of image tensors"
+    if all(isinstance(item, torch.Tensor) for item in items):
+        join = joining_call([list(item.shape) for item in items])
+        if join == "torch.cat":
+            return "torch.cat(batches) joins a list of batches into one (torch.stack would add a dimension)"
+        if join == "torch.stack":
+            return "torch.stack(images) makes one batch of a list of image tensors"
+        return ("the images differ in shape: make each (3, 32, 32), with transforms.Resize((32, 32)) for their "
+                "size, then torch.stack(images)")
+    if all(is_array(item) for item in items):
+        join = joining_call([list(item.shape) for item in items])
+        if join is not None:
+            return f"{join}([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays"
     return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
 
 
@@ -152,3 +164,20 @@ def is_labels(x) -> bool:
     if isinstance(x, torch.Tensor):
         return x.dim() <= 1 and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_array(x) -> bool:
+    """Whether x is a NumPy array, which torch.from_numpy takes (and NumPy's scalars are not)."""
+    return package_name(x) == "numpy" and type(x).__name__ == "ndarray"
+
+
+def joining_call(shapes: List[List[int]]) -> Optional[str]:
+    """The call that joins tensors of these shapes into one batch, None where neither can.
+
+    torch.stack adds a batch dimension, as images need; batches have one, so torch.cat joins them.
+    """
+    if all(len(shape) == 4 and shape[1:] == shapes[0][1:] for shape in shapes):
+        return "torch.cat"
+    if all(shape == shapes[0] for shape in shapes):
+        return "torch.stack"
+    return None

@@ -240,6 +240,19 @@ SEQUENCES = {
                                         "pass the picture only, as a batch of one: picture, label = sample; "
                                         "model(transforms.ToTensor()(picture).unsqueeze(0))",
                                         lambda sample: transforms.ToTensor()(sample[0]).unsqueeze(0)),
+    "batches of one": (lambda: [torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)],
+                       "torch.cat(batches) joins a list of batches into one (torch.stack would add a dimension)",
+                       torch.cat),
+    "images of two sizes": (lambda: [torch.rand(3, 32, 32), torch.rand(3, 64, 48)],
+                            "the images differ in shape: make each (3, 32, 32), with transforms.Resize((32, 32)) "
+                            "for their size, then torch.stack(images)",
+                            lambda images: torch.stack([transforms.Resize((32, 32))(image) for image in images])),
+    "NumPy images": (lambda: [np.zeros((3, 32, 32), np.float32), np.ones((3, 32, 32), np.float32)],
+                     "torch.stack([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays",
+                     lambda arrays: torch.stack([torch.from_numpy(array) for array in arrays])),
+    "NumPy batches": (lambda: [np.zeros((1, 3, 32, 32), np.float32), np.ones((2, 3, 32, 32), np.float32)],
+                      "torch.cat([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays",
+                      lambda arrays: torch.cat([torch.from_numpy(array) for array in arrays])),
 }
 
 
@@ -252,6 +265,14 @@ def test_a_list_or_tuple_gets_advice_that_works_when_followed(kind):
     assert str(raised.value) == f"MyNet expects a batch of images as a tensor, got a {type(value).__name__}: {advice}"
     images = follow(value)
     assert MyNet().eval()(images).shape == (len(images), 10)  # the advice works
+
+
+def test_an_empty_list_is_said_to_hold_no_images():
+    """Not torch.tensor(values), which makes a tensor of shape (0,): no call turns it into images."""
+    with pytest.raises(TypeError) as raised:
+        MyNet()([])
+    assert str(raised.value) == ("MyNet expects a batch of images as a tensor, got a list: "
+                                 "it is empty, with no images in it to classify")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
