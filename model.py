@@ -119,6 +119,9 @@ def package_name(x) -> str:
     return type(x).__module__.partition(".")[0]
 
 
+GENERAL_ADVICE = "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"
+
+
 def non_tensor_advice(x) -> str:
     """What to do about images that are not in a tensor yet."""
     if package_name(x) == "numpy":
@@ -127,7 +130,7 @@ def non_tensor_advice(x) -> str:
         return "transforms.ToTensor()(picture).unsqueeze(0) makes a batch of one, as in training"
     if isinstance(x, (list, tuple)):
         return sequence_advice(x)
-    return "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"
+    return GENERAL_ADVICE
 
 
 def sequence_advice(items) -> str:
@@ -156,7 +159,17 @@ def sequence_advice(items) -> str:
         join = joining_call([list(item.shape) for item in items])
         if join is not None:
             return f"{join}([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays"
-    return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
+    if all(package_name(item) == "PIL" for item in items):
+        # Each one made an input as the README makes its picture one: users' pictures differ in size and mode,
+        # and torch.stack refuses tensors of different shapes. (torch.tensor, advised before, refuses pictures.)
+        return ("to_input = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]); "
+                'torch.stack([to_input(picture.convert("RGB")) for picture in pictures])')
+    depth = nested_numbers_depth(items)
+    if depth == 3:  # one image, written as lists of numbers
+        return "torch.tensor(values).unsqueeze(0) makes a batch of one of a list of numbers nested as an image is"
+    if depth > 0:
+        return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
+    return GENERAL_ADVICE
 
 
 def is_labels(x) -> bool:
@@ -181,3 +194,11 @@ def joining_call(shapes: List[List[int]]) -> Optional[str]:
     if all(shape == shapes[0] for shape in shapes):
         return "torch.stack"
     return None
+
+
+def nested_numbers_depth(items) -> int:
+    """How many lists deep the numbers in items are, following first items (4 for a batch); 0 if not numbers."""
+    depth = 0
+    while isinstance(items, (list, tuple)) and len(items) > 0:
+        items, depth = items[0], depth + 1
+    return depth if isinstance(items, (int, float)) else 0

@@ -212,6 +212,13 @@ def test_mynet_on_what_is_not_a_tensor_gets_advice(kind, advice):
     assert MyNet().eval()(fixed).shape == (1, 10)  # the advice works
 
 
+def pictures():
+    """Pictures as users have them: of any size, colour, grey or with transparency."""
+    from PIL import Image
+
+    return [Image.new("RGB", (32, 32), "red"), Image.new("L", (64, 48), 128), Image.new("RGBA", (20, 30))]
+
+
 def a_dataloaders_batch():
     """What a DataLoader gives: a list of the images and their labels."""
     dataset = torch.utils.data.TensorDataset(torch.rand(4, 3, 32, 32), torch.arange(4))
@@ -225,8 +232,16 @@ def a_picture_and_its_label():
     return Image.new("RGB", (32, 32)), 3
 
 
+def to_input(picture):
+    """As the advice says: to_input = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])."""
+    return transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])(picture)
+
+
 # Each case: the input, the advice it gets, and that advice followed, as a user would type it.
 SEQUENCES = {
+    "pictures": (pictures, 'to_input = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]); '
+                 'torch.stack([to_input(picture.convert("RGB")) for picture in pictures])',
+                 lambda pictures: torch.stack([to_input(picture.convert("RGB")) for picture in pictures])),
     "a DataLoader's batch": (a_dataloaders_batch,
                              "pass the images only, not their labels: images, labels = batch; model(images)",
                              lambda batch: batch[0]),
@@ -253,6 +268,10 @@ SEQUENCES = {
     "NumPy batches": (lambda: [np.zeros((1, 3, 32, 32), np.float32), np.ones((2, 3, 32, 32), np.float32)],
                       "torch.cat([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays",
                       lambda arrays: torch.cat([torch.from_numpy(array) for array in arrays])),
+    "numbers nested as an image": (lambda: torch.rand(3, 32, 32).tolist(),
+                                   "torch.tensor(values).unsqueeze(0) makes a batch of one of a list of numbers "
+                                   "nested as an image is",
+                                   lambda values: torch.tensor(values).unsqueeze(0)),
 }
 
 
