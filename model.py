@@ -5,7 +5,7 @@ then three fully connected layers turn those 384 numbers into 10 class scores.
 Submodule names and order match the guide's code, so a state_dict saved by
 either network loads into the other.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -114,15 +114,91 @@ def type_name(x) -> str:
     return f"a {type(x).__module__}.{type(x).__qualname__}"
 
 
+def package_name(x) -> str:
+    """The package of a value's type: "numpy" for an array, "PIL" for a picture, without importing either."""
+    return type(x).__module__.partition(".")[0]
+
+
+GENERAL_ADVICE = "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"
+
+
 def non_tensor_advice(x) -> str:
     """What to do about images that are not in a tensor yet."""
-    module = type(x).__module__.partition(".")[0]
-    if module == "numpy":
+    if package_name(x) == "numpy":
         return "torch.from_numpy(array) makes one"
-    if module == "PIL":
+    if package_name(x) == "PIL":
         return "transforms.ToTensor()(picture).unsqueeze(0) makes a batch of one, as in training"
-    if isinstance(x, (list, tuple)) and x and all(isinstance(item, torch.Tensor) for item in x):
-        return "torch.stack(images) makes one batch of a list of image tensors"
     if isinstance(x, (list, tuple)):
+        return sequence_advice(x)
+    return GENERAL_ADVICE
+
+
+def sequence_advice(items) -> str:
+    """What to do about a list or tuple: the call that makes one batch of it depends on what it holds."""
+    if len(items) == 0:
+        return "it is empty, with no images in it to classify"
+    # A DataLoader's batch is [images, labels], a dataset's sample (image, label): the labels are no input.
+    if len(items) == 2 and is_labels(items[1]):
+        images, labels = items
+        if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor) and labels.dim() == 1:
+            return "pass the images only, not their labels: images, labels = batch; model(images)"
+        if isinstance(images, torch.Tensor) and images.dim() == 3:
+            return "pass the image only, as a batch of one: image, label = sample; model(image.unsqueeze(0))"
+        if package_name(images) == "PIL":
+            return ("pass the picture only, as a batch of one: picture, label = sample; "
+                    "model(transforms.ToTensor()(picture).unsqueeze(0))")
+    if all(isinstance(item, torch.Tensor) for item in items):
+        join = joining_call([list(item.shape) for item in items])
+        if join == "torch.cat":
+            return "torch.cat(batches) joins a list of batches into one (torch.stack would add a dimension)"
+        if join == "torch.stack":
+            return "torch.stack(images) makes one batch of a list of image tensors"
+        return ("the images differ in shape: make each (3, 32, 32), with transforms.Resize((32, 32)) for their "
+                "size, then torch.stack(images)")
+    if all(is_array(item) for item in items):
+        join = joining_call([list(item.shape) for item in items])
+        if join is not None:
+            return f"{join}([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays"
+    if all(package_name(item) == "PIL" for item in items):
+        # Each one made an input as the README makes its picture one: users' pictures differ in size and mode,
+        # and torch.stack refuses tensors of different shapes. (torch.tensor, advised before, refuses pictures.)
+        return ("to_input = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]); "
+                'torch.stack([to_input(picture.convert("RGB")) for picture in pictures])')
+    depth = nested_numbers_depth(items)
+    if depth == 3:  # one image, written as lists of numbers
+        return "torch.tensor(values).unsqueeze(0) makes a batch of one of a list of numbers nested as an image is"
+    if depth > 0:
         return "torch.tensor(values) makes one of a list of numbers, nested as the batch is"
-    return "a tensor of shape (N, 3, 32, 32), such as transforms.ToTensor() makes of each image"
+    return GENERAL_ADVICE
+
+
+def is_labels(x) -> bool:
+    """Whether x looks like the class labels a dataset gives beside its images: a whole number, or a row of them."""
+    if isinstance(x, torch.Tensor):
+        return x.dim() <= 1 and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_array(x) -> bool:
+    """Whether x is a NumPy array, which torch.from_numpy takes (and NumPy's scalars are not)."""
+    return package_name(x) == "numpy" and type(x).__name__ == "ndarray"
+
+
+def joining_call(shapes: List[List[int]]) -> Optional[str]:
+    """The call that joins tensors of these shapes into one batch, None where neither can.
+
+    torch.stack adds a batch dimension, as images need; batches have one, so torch.cat joins them.
+    """
+    if all(len(shape) == 4 and shape[1:] == shapes[0][1:] for shape in shapes):
+        return "torch.cat"
+    if all(shape == shapes[0] for shape in shapes):
+        return "torch.stack"
+    return None
+
+
+def nested_numbers_depth(items) -> int:
+    """How many lists deep the numbers in items are, following first items (4 for a batch); 0 if not numbers."""
+    depth = 0
+    while isinstance(items, (list, tuple)) and len(items) > 0:
+        items, depth = items[0], depth + 1
+    return depth if isinstance(items, (int, float)) else 0

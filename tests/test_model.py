@@ -212,6 +212,88 @@ def test_mynet_on_what_is_not_a_tensor_gets_advice(kind, advice):
     assert MyNet().eval()(fixed).shape == (1, 10)  # the advice works
 
 
+def pictures():
+    """Pictures as users have them: of any size, colour, grey or with transparency."""
+    from PIL import Image
+
+    return [Image.new("RGB", (32, 32), "red"), Image.new("L", (64, 48), 128), Image.new("RGBA", (20, 30))]
+
+
+def a_dataloaders_batch():
+    """What a DataLoader gives: a list of the images and their labels."""
+    dataset = torch.utils.data.TensorDataset(torch.rand(4, 3, 32, 32), torch.arange(4))
+    return next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
+
+
+def a_picture_and_its_label():
+    """What torchvision's CIFAR10 gives without a transform: a picture and its label."""
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32)), 3
+
+
+def to_input(picture):
+    """As the advice says: to_input = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])."""
+    return transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])(picture)
+
+
+# Each case: the input, the advice it gets, and that advice followed, as a user would type it.
+SEQUENCES = {
+    "pictures": (pictures, 'to_input = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]); '
+                 'torch.stack([to_input(picture.convert("RGB")) for picture in pictures])',
+                 lambda pictures: torch.stack([to_input(picture.convert("RGB")) for picture in pictures])),
+    "a DataLoader's batch": (a_dataloaders_batch,
+                             "pass the images only, not their labels: images, labels = batch; model(images)",
+                             lambda batch: batch[0]),
+    "images and labels in a tuple": (lambda: (torch.rand(2, 3, 32, 32), torch.tensor([5, 7])),
+                                     "pass the images only, not their labels: images, labels = batch; model(images)",
+                                     lambda batch: batch[0]),
+    "a dataset's sample": (lambda: (torch.rand(3, 32, 32), 3),
+                           "pass the image only, as a batch of one: image, label = sample; model(image.unsqueeze(0))",
+                           lambda sample: sample[0].unsqueeze(0)),
+    "a dataset's sample of a picture": (a_picture_and_its_label,
+                                        "pass the picture only, as a batch of one: picture, label = sample; "
+                                        "model(transforms.ToTensor()(picture).unsqueeze(0))",
+                                        lambda sample: transforms.ToTensor()(sample[0]).unsqueeze(0)),
+    "batches of one": (lambda: [torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)],
+                       "torch.cat(batches) joins a list of batches into one (torch.stack would add a dimension)",
+                       torch.cat),
+    "images of two sizes": (lambda: [torch.rand(3, 32, 32), torch.rand(3, 64, 48)],
+                            "the images differ in shape: make each (3, 32, 32), with transforms.Resize((32, 32)) "
+                            "for their size, then torch.stack(images)",
+                            lambda images: torch.stack([transforms.Resize((32, 32))(image) for image in images])),
+    "NumPy images": (lambda: [np.zeros((3, 32, 32), np.float32), np.ones((3, 32, 32), np.float32)],
+                     "torch.stack([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays",
+                     lambda arrays: torch.stack([torch.from_numpy(array) for array in arrays])),
+    "NumPy batches": (lambda: [np.zeros((1, 3, 32, 32), np.float32), np.ones((2, 3, 32, 32), np.float32)],
+                      "torch.cat([torch.from_numpy(array) for array in arrays]) makes one batch of a list of arrays",
+                      lambda arrays: torch.cat([torch.from_numpy(array) for array in arrays])),
+    "numbers nested as an image": (lambda: torch.rand(3, 32, 32).tolist(),
+                                   "torch.tensor(values).unsqueeze(0) makes a batch of one of a list of numbers "
+                                   "nested as an image is",
+                                   lambda values: torch.tensor(values).unsqueeze(0)),
+}
+
+
+@pytest.mark.parametrize("kind", SEQUENCES)
+def test_a_list_or_tuple_gets_advice_that_works_when_followed(kind):
+    make, advice, follow = SEQUENCES[kind]
+    value = make()
+    with pytest.raises(TypeError) as raised:
+        MyNet()(value)
+    assert str(raised.value) == f"MyNet expects a batch of images as a tensor, got a {type(value).__name__}: {advice}"
+    images = follow(value)
+    assert MyNet().eval()(images).shape == (len(images), 10)  # the advice works
+
+
+def test_an_empty_list_is_said_to_hold_no_images():
+    """Not torch.tensor(values), which makes a tensor of shape (0,): no call turns it into images."""
+    with pytest.raises(TypeError) as raised:
+        MyNet()([])
+    assert str(raised.value) == ("MyNet expects a batch of images as a tensor, got a list: "
+                                 "it is empty, with no images in it to classify")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pixels", [torch.float32, torch.float16, torch.bfloat16])
 def test_under_autocast_mynet_takes_what_a_convolution_takes(dtype, pixels):
