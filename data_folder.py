@@ -9,7 +9,8 @@ with the system's reason (its errno), and what this run wrote is removed. The da
 What this run writes is seen as it writes it, through Python's audit events (open, os.mkdir), the one moment that
 knows which files and folders this run creates: each is removed after a failure only if it is still the one it
 created (the same inode), never a file that the user put there meanwhile, such as an archive fetched by a browser
-while the download hung. When torchvision unpacks the archive over the batches there (it does when one does not
+while the download hung, and never a whole archive (one that passes torchvision's check): curl -o, wget -O and cp
+write it into the run's own file. When torchvision unpacks the archive over the batches there (it does when one does not
 match its checksum), a line names those it replaced, and nothing is written through a link to outside the folder.
 """
 import argparse
@@ -239,10 +240,17 @@ class Writes:
 
     def remove_what_this_run_made(self):
         """Each file and folder this run created that is still the one it created, the innermost first; a folder
-        only if nothing else is left in it."""
+        only if nothing else is left in it. A whole archive stays, though: curl -o, wget -O and cp write into the
+        file that the run began (the same inode), and a whole archive is what the data folder is to hold, whoever
+        wrote it."""
         self.identify()
         for place, identity in sorted(self.made.items(), key=lambda item: len(item[0]), reverse=True):
             with contextlib.suppress(OSError):
                 status = os.lstat(place)
-                if (status.st_dev, status.st_ino) == identity:
-                    (os.rmdir if stat.S_ISDIR(status.st_mode) else os.remove)(place)
+                if (status.st_dev, status.st_ino) != identity or self.a_whole_archive(place):
+                    continue
+                (os.rmdir if stat.S_ISDIR(status.st_mode) else os.remove)(place)
+
+    def a_whole_archive(self, place):
+        """Whether place is the archive, and whole: it passes torchvision's own check."""
+        return place == os.path.join(self.real_root, ARCHIVE) and cifar.check_integrity(place, cifar.CIFAR10.tgz_md5)

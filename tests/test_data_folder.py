@@ -371,18 +371,24 @@ def test_a_failed_download_keeps_what_others_put_in_the_folder_it_created(tmp_pa
     assert (data_dir / "notes.txt").read_text() == "mine"
 
 
-def test_a_stop_during_a_stalled_download_keeps_what_you_put_there_meanwhile(tmp_path, monkeypatch):
+@pytest.mark.parametrize("saved", ["as a browser saves it", "in place"])
+def test_a_stop_during_a_stalled_download_keeps_what_you_put_there_meanwhile(tmp_path, monkeypatch, saved):
     """The README's advice for a download that hangs: fetch the archive with a browser, put it (or the folder it
     unpacks to) in the data folder. A Ctrl-C then removes only what this run wrote: the partial archive it began,
-    which a browser's save has replaced by a new file of that name."""
+    which a browser's save has replaced by a new file of that name. curl -o, wget -O and cp write into the run's own
+    file instead (the same inode): a whole archive, one that passes torchvision's check, is kept whoever wrote it."""
     data_dir = tmp_path / "datasets"
     source = write_cifar(tmp_path / "browser")
     packed = tiny_archive(source / "cifar-10-python.tar.gz", source)
+    own_checksums(monkeypatch.setattr, source, archive=source / "cifar-10-python.tar.gz")
 
     def the_user_puts_the_data_there():
-        partial = data_dir / "cifar-10-python.tar.gz.crdownload"
-        partial.write_bytes(packed)
-        os.replace(partial, data_dir / "cifar-10-python.tar.gz")  # as a browser saves a download
+        if saved == "in place":
+            (data_dir / "cifar-10-python.tar.gz").write_bytes(packed)  # as curl -o, wget -O or cp write it
+        else:
+            partial = data_dir / "cifar-10-python.tar.gz.crdownload"
+            partial.write_bytes(packed)
+            os.replace(partial, data_dir / "cifar-10-python.tar.gz")  # as a browser saves a download
         shutil.copytree(source / "cifar-10-batches-py", data_dir / "cifar-10-batches-py")
 
     def the_user_puts_the_data_there_then_ctrl_c():  # as the download hangs
