@@ -4,7 +4,8 @@ what a failed download wrote, and nothing of the user's written over.
 torchvision's own errors name a file deep inside, or a checksum, and a failed download leaves empty or half-unpacked
 folders behind. A user needs to know instead whether the data is missing, damaged, or unreadable, and what to do.
 Within checked(root), torchvision's CIFAR10 runs as usual; a failure is raised as Failure, whose line says which,
-with the system's reason (its errno), and what this run wrote is removed. The data already there is never removed.
+with the system's reason (its errno), and what this run wrote is removed (a stop meanwhile waits for that, then stops
+the run). The data already there is never removed.
 
 What this run writes is seen as it writes it, through Python's audit events (open, os.mkdir), the one moment that
 knows which files and folders this run creates: each is removed after a failure only if it is still the one it
@@ -23,6 +24,7 @@ import threading
 
 from torchvision.datasets import cifar
 
+import stop_signals
 from failures import ADVICE, Failure, quoted, why
 
 BATCHES = "cifar-10-batches-py"
@@ -60,7 +62,8 @@ def checked(root):
                   f"match CIFAR-10's checksums", file=sys.stderr)
     except BaseException as error:  # Ctrl-C too: leave nothing behind that this run wrote, no half-unpacked folder
         if writes is not None:
-            writes.remove_what_this_run_made()
+            with stop_signals.deferred():  # a stop meanwhile would leave half of it: it waits, then stops the run
+                writes.remove_what_this_run_made()
         line = failure(error, root, there)
         if line is error:
             raise

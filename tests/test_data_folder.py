@@ -25,6 +25,8 @@ from helpers import (
     own_checksums,
     run_step1,
     send_here,
+    signalled,
+    the_nth_call,
     tiny_archive,
     train,
     write_cifar,
@@ -453,3 +455,14 @@ def test_ctrl_c_during_a_download_leaves_no_partial_archive(tmp_path, monkeypatc
     assert code == -signal.SIGINT
     assert err.endswith("\ninterrupted: no weights were saved\n")
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_during_the_clean_up_lets_it_finish_then_stops(tmp_path, monkeypatch, offline):
+    """A stop that comes while a failed download's clean-up removes what the run created waits for the clean-up to
+    end: then it stops the run, with its usual line."""
+    data_dir = tmp_path / "new" / "datasets"
+    signalled(monkeypatch, "os.rmdir", signal.SIGINT, before=True, only_if=the_nth_call(1))
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == -signal.SIGINT
+    assert err.endswith("\ninterrupted: no weights were saved\n")
+    assert os.listdir(tmp_path) == []  # nor new/datasets, nor new/
