@@ -14,7 +14,7 @@ while the download hung, and never a whole archive (one that passes torchvision'
 write it into the run's own file.
 
 torchvision unpacks the archive over the batches there when one does not match its checksum. CIFAR-10's files are
-fixed files, so each may be replaced: a line names the batches that did not match. Before the first write, each of
+fixed files, so each may be replaced: a line names those that held other bytes. Before the first write, each of
 CIFAR-10's files must be one that a write lands in as a file of its own in the folder, or the run is refused in one
 line that names what the system says is there: a link to outside the folder or to another file, a file with other
 names (a hard link), or what is not a file (a named pipe would hang the run). Only CIFAR-10's own file names are the
@@ -29,6 +29,7 @@ import sys
 import threading
 
 from torchvision.datasets import cifar
+from torchvision.datasets.utils import calculate_md5
 
 import stop_signals
 from failures import ADVICE, Failure, kind_of, quoted, why
@@ -69,9 +70,10 @@ def checked(root):
         check_folder(root, batches, there)
         with Writes(root, places) as writes:
             yield
-        if writes.replaced:
-            print(f"warning: the archive replaced {', '.join(writes.replaced)} in {quoted(batches)}, which did not "
-                  f"match CIFAR-10's checksums", file=sys.stderr)
+        replaced = writes.replaced()
+        if replaced:
+            print(f"warning: the archive replaced {', '.join(replaced)} in {quoted(batches)}, which held other bytes "
+                  f"than CIFAR-10's own", file=sys.stderr)
     except BaseException as error:  # Ctrl-C too: leave nothing behind that this run wrote, no half-unpacked folder
         if writes is not None:
             with stop_signals.deferred():  # a stop meanwhile would leave half of it: it waits, then stops the run
@@ -237,8 +239,8 @@ class Writes:
     """Within, in this thread: what is written in the data folder, seen through Python's audit events as it happens.
     A file or folder created in places (those that were missing) is this run's own, by its identity (device and
     inode); a write that would not land in a regular file of its own in root is refused (refuse_a_write_through), each
-    of CIFAR-10's files before the first write; an existing CIFAR-10 file written over, which did not match its
-    checksum, is noted in replaced."""
+    of CIFAR-10's files before the first write; an existing CIFAR-10 file written over is noted, for replaced() to
+    name it if the archive held other bytes."""
 
     def __init__(self, root, places):
         self.given = root  # as torchvision names the paths in it
@@ -246,7 +248,7 @@ class Writes:
         self.real_root = os.path.realpath(root)
         self.places = places
         self.made = {}  # path: (st_dev, st_ino), or None until it is there
-        self.replaced = []
+        self.before = {}  # place: (the name of a CIFAR-10 file written over, the md5 of what it held)
         self.first = True
         self.thread = threading.get_ident()
         self.busy = False  # what seen() does raises events of its own
@@ -289,10 +291,9 @@ class Writes:
             refuse_what_a_download_would_write_through(self.given)
         refuse_a_write_through(self.given, path)
         if os.path.lexists(place):
-            md5 = {name: md5 for name, md5 in cifar.CIFAR10.train_list + cifar.CIFAR10.test_list
-                   + [(cifar.CIFAR10.meta["filename"], cifar.CIFAR10.meta["md5"])]}.get(os.path.basename(path))
-            if md5 and os.path.basename(os.path.dirname(path)) == BATCHES and not cifar.check_integrity(place, md5):
-                self.replaced.append(os.path.basename(path))
+            name = os.path.basename(path)
+            if name in UNPACKED and os.path.dirname(os.path.abspath(path)) == os.path.join(self.root, BATCHES):
+                self.before.setdefault(place, (name, calculate_md5(place)))
         elif self.ours(place) and flags & os.O_EXCL:  # created by the open itself: identified by the next event
             self.made[place] = None
         elif self.ours(place) and flags & os.O_CREAT:  # created here, as the open would create it, which then
@@ -300,6 +301,18 @@ class Writes:
             status = os.fstat(descriptor)
             os.close(descriptor)
             self.made[place] = (status.st_dev, status.st_ino)
+
+    def replaced(self):
+        """The names of CIFAR-10's files that were there and now hold other bytes: CIFAR-10's own, from the archive."""
+        names = []
+        for place, (name, md5) in self.before.items():
+            try:
+                changed = calculate_md5(place) != md5
+            except OSError:  # gone: written over all the same
+                changed = True
+            if changed:
+                names.append(name)
+        return sorted(names)
 
     def ours(self, place):
         return any(inside(place, created) for created in self.places)

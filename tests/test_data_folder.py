@@ -284,8 +284,8 @@ def test_unpacking_over_the_batches_says_which_it_replaced_and_leaves_the_rest_a
     code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
                                   "--epochs", "1", "--limit", "10"])
     assert code == 0, err
-    assert err.splitlines() == [f"warning: the archive replaced data_batch_2 in {batches}, which did not match "
-                                f"CIFAR-10's checksums"]
+    assert err.splitlines() == [f"warning: the archive replaced data_batch_2 in {batches}, which held other bytes "
+                                f"than CIFAR-10's own"]
     assert (batches / "data_batch_2").read_bytes() == original
     assert (batches / "notes.txt").read_text() == "mine"
     assert os.readlink(batches / ".#readme.html") == "user@host.1234:1700000000"
@@ -306,6 +306,23 @@ def test_unpacking_never_writes_through_a_link_to_outside_the_data_folder(tmp_pa
                                 f"the archive's data_batch_4 through it. Remove the link, or give another --data-dir."]
     assert outside.read_bytes() == b"my own data, not CIFAR-10's"
     assert os.readlink(batch) == str(outside)
+
+
+def test_unpacking_names_every_file_of_cifar10s_that_it_wrote_over(tmp_path, monkeypatch, offline):
+    """readme.html is part of the archive, with no checksum in torchvision's lists: edited, it is named too."""
+    data_dir = write_cifar(tmp_path / "datasets")
+    batches = data_dir / "cifar-10-batches-py"
+    (batches / "readme.html").write_text("<p>CIFAR-10</p>")
+    tiny_archive(data_dir / "cifar-10-python.tar.gz", data_dir)
+    own_checksums(monkeypatch.setattr, data_dir, archive=data_dir / "cifar-10-python.tar.gz")
+    (batches / "readme.html").write_text("<p>CIFAR-10, with my notes</p>")
+    (batches / "data_batch_2").write_bytes((batches / "data_batch_2").read_bytes()[:-4] + b"mine")
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert code == 0, err
+    assert err.splitlines() == [f"warning: the archive replaced data_batch_2, readme.html in {batches}, which held "
+                                f"other bytes than CIFAR-10's own"]
+    assert (batches / "readme.html").read_text() == "<p>CIFAR-10</p>"
 
 
 def damaged_beside_an_archive(data_dir, monkeypatch, per_batch=24):
