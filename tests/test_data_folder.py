@@ -384,6 +384,26 @@ def test_unpacking_never_writes_through_a_batches_folder_linked_elsewhere_and_na
     assert folder_contents(shared) == before
 
 
+@pytest.mark.parametrize("shared", ["a link to a shared folder", "hard links to a shared copy"])
+def test_sound_data_shared_through_links_is_read_as_it_is(tmp_path, monkeypatch, offline, shared):
+    """Links are refused only where torchvision would write through them: sound data is only read."""
+    source = write_cifar(tmp_path / "shared") / "cifar-10-batches-py"
+    own_checksums(monkeypatch.setattr, tmp_path / "shared")
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    if shared == "a link to a shared folder":
+        os.symlink(source, data_dir / "cifar-10-batches-py")
+    else:
+        (data_dir / "cifar-10-batches-py").mkdir()
+        for name in os.listdir(source):
+            os.link(source / name, data_dir / "cifar-10-batches-py" / name)
+    before = folder_contents(source)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert (code, err) == (0, "")
+    assert folder_contents(source) == before
+
+
 # What is not a file at CIFAR-10's name: refused before anything is opened there (a named pipe would hang the run)
 
 
