@@ -4,13 +4,21 @@ what a failed download wrote, and nothing of the user's written over.
 torchvision's own errors name a file deep inside, or a checksum, and a failed download leaves empty or half-unpacked
 folders behind. A user needs to know instead whether the data is missing, damaged, or unreadable, and what to do.
 Within checked(root), torchvision's CIFAR10 runs as usual; a failure is raised as Failure, whose line says which,
-with the system's reason (its errno), and what this run wrote is removed. The data already there is never removed.
+with the system's reason (its errno), and what this run wrote is removed (a stop meanwhile waits for that, then stops
+the run). The data already there is never removed.
 
 What this run writes is seen as it writes it, through Python's audit events (open, os.mkdir), the one moment that
 knows which files and folders this run creates: each is removed after a failure only if it is still the one it
 created (the same inode), never a file that the user put there meanwhile, such as an archive fetched by a browser
-while the download hung. When torchvision unpacks the archive over the batches there (it does when one does not
-match its checksum), a line names those it replaced, and nothing is written through a link to outside the folder.
+while the download hung, and never a whole archive (one that passes torchvision's check): curl -o, wget -O and cp
+write it into the run's own file.
+
+torchvision unpacks the archive over the batches there when one does not match its checksum. CIFAR-10's files are
+fixed files, so each may be replaced: a line names those that held other bytes. Before the first write, each of
+CIFAR-10's files must be one that a write lands in as a file of its own in the folder, or the run is refused in one
+line that names what the system says is there: a link to outside the folder or to another file, a file with other
+names (a hard link), or what is not a file (a named pipe would hang the run). Only CIFAR-10's own file names are the
+data set: anything else in the folder is left alone.
 """
 import argparse
 import contextlib
@@ -21,12 +29,20 @@ import sys
 import threading
 
 from torchvision.datasets import cifar
+from torchvision.datasets.utils import calculate_md5
 
-from failures import ADVICE, Failure, quoted, why
+import stop_signals
+from failures import ADVICE, Failure, kind_of, quoted, why
 
 BATCHES = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_FILES = {ARCHIVE, "batches.meta", "readme.html", "test_batch", *(f"data_batch_{n}" for n in range(1, 6))}
+UNPACKED = ("batches.meta", *(f"data_batch_{n}" for n in range(1, 6)), "readme.html", "test_batch")  # in BATCHES
+CIFAR10_FILES = {ARCHIVE, *UNPACKED}
+
+
+def cifar10_paths(root):
+    """Where a download writes the archive, and where its unpacking writes each of its files: it writes them all."""
+    return [os.path.join(root, ARCHIVE), *(os.path.join(root, BATCHES, name) for name in UNPACKED)]
 
 
 def path_option(text):
@@ -54,12 +70,14 @@ def checked(root):
         check_folder(root, batches, there)
         with Writes(root, places) as writes:
             yield
-        if writes.replaced:
-            print(f"warning: the archive replaced {', '.join(writes.replaced)} in {quoted(batches)}, which did not "
-                  f"match CIFAR-10's checksums", file=sys.stderr)
+        replaced = writes.replaced()
+        if replaced:
+            print(f"warning: the archive replaced {', '.join(replaced)} in {quoted(batches)}, which held other bytes "
+                  f"than CIFAR-10's own", file=sys.stderr)
     except BaseException as error:  # Ctrl-C too: leave nothing behind that this run wrote, no half-unpacked folder
         if writes is not None:
-            writes.remove_what_this_run_made()
+            with stop_signals.deferred():  # a stop meanwhile would leave half of it: it waits, then stops the run
+                writes.remove_what_this_run_made()
         line = failure(error, root, there)
         if line is error:
             raise
@@ -91,7 +109,12 @@ def failure(error, root, there):
         return Failure(f"error: {quoted(meta)} is missing or damaged (it does not match its checksum), and torchvision "
                        f"gets it again only with a batch that is damaged too. Move {BATCHES}/ away, then run again: "
                        f"online, or with a fresh {ARCHIVE} there.")
-    # A download was tried because what is there does not match torchvision's checksums
+    # A download was tried because what is there does not match torchvision's checksums: a fresh archive put there
+    # would meet what the download did not get to
+    try:
+        refuse_what_a_download_would_write_through(root)
+    except Failure as refusal:
+        return refusal
     return Failure(f"error: CIFAR-10 in {quoted(root)} is incomplete or damaged (it does not match its checksums), "
                    f"and could not be downloaded again ({error}). Run again online, or put a fresh {ARCHIVE} there.")
 
@@ -151,6 +174,56 @@ def inside(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def refuse_what_a_download_would_write_through(root):
+    """Refuse the first of CIFAR-10's files in root that a download and its unpacking, which write each of them,
+    would not write as a file of its own (refuse_a_write_through)."""
+    for path in cifar10_paths(root):
+        with contextlib.suppress(OSError):  # what the system cannot say here, it says to the write itself
+            refuse_a_write_through(root, path)
+
+
+def refuse_a_write_through(root, path):
+    """Refuse a write at path in root that would not land in a regular file of its own there: through a link to
+    outside root, or to another file; into what is not a regular file (a named pipe would hang the run: the write
+    waits for a reader); or into a file with other names (a hard link: each name would show what is written)."""
+    name = os.path.basename(path)
+    place = os.path.realpath(path)  # where the system puts it: links resolved, then ..
+    link = first_link(root, path) or path
+    if not inside(place, os.path.realpath(root)):
+        what = written_as(name) if os.path.abspath(link) == os.path.abspath(path) else "the archive's files"
+        raise Failure(f"error: {quoted(link)} is a link to {quoted(os.path.realpath(link))}, outside "
+                      f"{quoted(os.path.abspath(root))}: torchvision would write {what} through it. Remove the link, "
+                      f"or give another --data-dir.")
+    if place != os.path.join(os.path.realpath(os.path.dirname(path)), name):  # path itself is a link, in root
+        raise Failure(f"error: {quoted(path)} is a link to {quoted(place)}, not CIFAR-10's own {name}: torchvision "
+                      f"would write {written_as(name)} through it. Remove the link, or give another --data-dir.")
+    try:
+        status = os.lstat(place)
+    except FileNotFoundError:  # a new file
+        return
+    if not stat.S_ISREG(status.st_mode):
+        raise Failure(f"error: {quoted(path)} is {kind_of(status.st_mode)}, not a file: torchvision would write "
+                      f"{written_as(name)} into it. Move it away, or give another --data-dir.")
+    if status.st_nlink > 1:
+        raise Failure(f"error: {quoted(path)} is a hard link, one of {status.st_nlink} names of the same file: "
+                      f"torchvision would write {written_as(name)} into it, under every name. Remove this name (the "
+                      f"others keep the file), or give another --data-dir.")
+
+
+def written_as(name):
+    return "the download" if name == ARCHIVE else f"the archive's {name}"
+
+
+def first_link(root, path):
+    """The first folder or file on the way from root (itself aside) to path that is a link, or None."""
+    step = root
+    for part in os.path.relpath(os.path.abspath(path), os.path.abspath(root)).split(os.sep):
+        step = os.path.join(step, part)
+        if os.path.islink(step):
+            return step
+    return None
+
+
 IN_PROGRESS = []  # the Writes blocks open now: the audit hook has work only while there is one
 HOOKED = []  # whether this process's audit hook is added (it cannot be removed)
 
@@ -165,15 +238,18 @@ def audit(event, args):
 class Writes:
     """Within, in this thread: what is written in the data folder, seen through Python's audit events as it happens.
     A file or folder created in places (those that were missing) is this run's own, by its identity (device and
-    inode); a write through a link to outside root is refused; an existing CIFAR-10 file written over, which did not
-    match its checksum, is noted in replaced."""
+    inode); a write that would not land in a regular file of its own in root is refused (refuse_a_write_through), each
+    of CIFAR-10's files before the first write; an existing CIFAR-10 file written over is noted, for replaced() to
+    name it if the archive held other bytes."""
 
     def __init__(self, root, places):
+        self.given = root  # as torchvision names the paths in it
         self.root = os.path.abspath(root)
         self.real_root = os.path.realpath(root)
         self.places = places
         self.made = {}  # path: (st_dev, st_ino), or None until it is there
-        self.replaced = []
+        self.before = {}  # place: (the name of a CIFAR-10 file written over, the md5 of what it held)
+        self.first = True
         self.thread = threading.get_ident()
         self.busy = False  # what seen() does raises events of its own
 
@@ -210,15 +286,14 @@ class Writes:
 
     def written(self, path, place, flags):
         """A file opened for writing in the data folder, just before it is opened; place: where the system puts it."""
-        if not inside(place, self.real_root):
-            raise Failure(f"error: {quoted(path)} is a link to {quoted(place)}, outside {quoted(self.root)}: "
-                          f"torchvision would write the archive's {os.path.basename(path)} through it. Remove the "
-                          f"link, or give another --data-dir.")
+        if self.first:  # a download and its unpacking write each of CIFAR-10's files: none begun if one is refused
+            self.first = False
+            refuse_what_a_download_would_write_through(self.given)
+        refuse_a_write_through(self.given, path)
         if os.path.lexists(place):
-            md5 = {name: md5 for name, md5 in cifar.CIFAR10.train_list + cifar.CIFAR10.test_list
-                   + [(cifar.CIFAR10.meta["filename"], cifar.CIFAR10.meta["md5"])]}.get(os.path.basename(path))
-            if md5 and os.path.basename(os.path.dirname(path)) == BATCHES and not cifar.check_integrity(place, md5):
-                self.replaced.append(os.path.basename(path))
+            name = os.path.basename(path)
+            if name in UNPACKED and os.path.dirname(os.path.abspath(path)) == os.path.join(self.root, BATCHES):
+                self.before.setdefault(place, (name, calculate_md5(place)))
         elif self.ours(place) and flags & os.O_EXCL:  # created by the open itself: identified by the next event
             self.made[place] = None
         elif self.ours(place) and flags & os.O_CREAT:  # created here, as the open would create it, which then
@@ -226,6 +301,18 @@ class Writes:
             status = os.fstat(descriptor)
             os.close(descriptor)
             self.made[place] = (status.st_dev, status.st_ino)
+
+    def replaced(self):
+        """The names of CIFAR-10's files that were there and now hold other bytes: CIFAR-10's own, from the archive."""
+        names = []
+        for place, (name, md5) in self.before.items():
+            try:
+                changed = calculate_md5(place) != md5
+            except OSError:  # gone: written over all the same
+                changed = True
+            if changed:
+                names.append(name)
+        return sorted(names)
 
     def ours(self, place):
         return any(inside(place, created) for created in self.places)
@@ -239,10 +326,17 @@ class Writes:
 
     def remove_what_this_run_made(self):
         """Each file and folder this run created that is still the one it created, the innermost first; a folder
-        only if nothing else is left in it."""
+        only if nothing else is left in it. A whole archive stays, though: curl -o, wget -O and cp write into the
+        file that the run began (the same inode), and a whole archive is what the data folder is to hold, whoever
+        wrote it."""
         self.identify()
         for place, identity in sorted(self.made.items(), key=lambda item: len(item[0]), reverse=True):
             with contextlib.suppress(OSError):
                 status = os.lstat(place)
-                if (status.st_dev, status.st_ino) == identity:
-                    (os.rmdir if stat.S_ISDIR(status.st_mode) else os.remove)(place)
+                if (status.st_dev, status.st_ino) != identity or self.a_whole_archive(place):
+                    continue
+                (os.rmdir if stat.S_ISDIR(status.st_mode) else os.remove)(place)
+
+    def a_whole_archive(self, place):
+        """Whether place is the archive, and whole: it passes torchvision's own check."""
+        return place == os.path.join(self.real_root, ARCHIVE) and cifar.check_integrity(place, cifar.CIFAR10.tgz_md5)

@@ -2,12 +2,14 @@
 the folder that torchvision reads CIFAR-10 from or downloads it into (checked): a --data-dir that cannot be right, a
 link that leads nowhere, data missing, damaged or unreadable, each in one line that says which; a failed download
 removes what it created, and only that."""
+import contextlib
 import errno
 import os
 import pathlib
 import resource
 import shutil
 import signal
+import stat
 import tarfile
 import threading
 import urllib.error
@@ -19,12 +21,15 @@ import torchvision.datasets.cifar as cifar
 import torchvision.datasets.utils
 
 from helpers import (
+    AS_ROOT,
     as_a_user,
     earlier_weights,
     listing,
     own_checksums,
     run_step1,
     send_here,
+    signalled,
+    the_nth_call,
     tiny_archive,
     train,
     write_cifar,
@@ -32,8 +37,9 @@ from helpers import (
 
 
 def folder_contents(folder):
+    """Each regular file under folder, with its bytes (a named pipe is not read: that would wait for a writer)."""
     return {os.path.relpath(os.path.join(path, name), folder): pathlib.Path(path, name).read_bytes()
-            for path, _, names in os.walk(folder) for name in names}
+            for path, _, names in os.walk(folder) for name in names if os.path.isfile(os.path.join(path, name))}
 
 
 # Paths (path_option)
@@ -278,8 +284,8 @@ def test_unpacking_over_the_batches_says_which_it_replaced_and_leaves_the_rest_a
     code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
                                   "--epochs", "1", "--limit", "10"])
     assert code == 0, err
-    assert err.splitlines() == [f"warning: the archive replaced data_batch_2 in {batches}, which did not match "
-                                f"CIFAR-10's checksums"]
+    assert err.splitlines() == [f"warning: the archive replaced data_batch_2 in {batches}, which held other bytes "
+                                f"than CIFAR-10's own"]
     assert (batches / "data_batch_2").read_bytes() == original
     assert (batches / "notes.txt").read_text() == "mine"
     assert os.readlink(batches / ".#readme.html") == "user@host.1234:1700000000"
@@ -300,6 +306,154 @@ def test_unpacking_never_writes_through_a_link_to_outside_the_data_folder(tmp_pa
                                 f"the archive's data_batch_4 through it. Remove the link, or give another --data-dir."]
     assert outside.read_bytes() == b"my own data, not CIFAR-10's"
     assert os.readlink(batch) == str(outside)
+
+
+def test_unpacking_names_every_file_of_cifar10s_that_it_wrote_over(tmp_path, monkeypatch, offline):
+    """readme.html is part of the archive, with no checksum in torchvision's lists: edited, it is named too."""
+    data_dir = write_cifar(tmp_path / "datasets")
+    batches = data_dir / "cifar-10-batches-py"
+    (batches / "readme.html").write_text("<p>CIFAR-10</p>")
+    tiny_archive(data_dir / "cifar-10-python.tar.gz", data_dir)
+    own_checksums(monkeypatch.setattr, data_dir, archive=data_dir / "cifar-10-python.tar.gz")
+    (batches / "readme.html").write_text("<p>CIFAR-10, with my notes</p>")
+    (batches / "data_batch_2").write_bytes((batches / "data_batch_2").read_bytes()[:-4] + b"mine")
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert code == 0, err
+    assert err.splitlines() == [f"warning: the archive replaced data_batch_2, readme.html in {batches}, which held "
+                                f"other bytes than CIFAR-10's own"]
+    assert (batches / "readme.html").read_text() == "<p>CIFAR-10</p>"
+
+
+def damaged_beside_an_archive(data_dir, monkeypatch, per_batch=24):
+    """The tiny data set in data_dir, its archive beside it with CIFAR-10's checksums, and data_batch_1 damaged since:
+    torchvision unpacks the archive over the batches. Returns the batches' folder."""
+    write_cifar(data_dir, per_batch=per_batch)
+    batches = data_dir / "cifar-10-batches-py"
+    tiny_archive(data_dir / "cifar-10-python.tar.gz", data_dir)
+    own_checksums(monkeypatch.setattr, data_dir, archive=data_dir / "cifar-10-python.tar.gz")
+    (batches / "data_batch_1").write_bytes(b"damaged")
+    return batches
+
+
+def test_unpacking_never_writes_into_a_hard_link(tmp_path, monkeypatch, offline):
+    """A batch that is another name of a file outside the data folder: the archive would write that file."""
+    data_dir = tmp_path / "datasets"
+    batch = damaged_beside_an_archive(data_dir, monkeypatch) / "data_batch_4"
+    outside = tmp_path / "my data"
+    outside.write_bytes(b"my own data, not CIFAR-10's")
+    batch.unlink()
+    os.link(outside, batch)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: {batch} is a hard link, one of 2 names of the same file: torchvision would "
+                                f"write the archive's data_batch_4 into it, under every name. Remove this name (the "
+                                f"others keep the file), or give another --data-dir."]
+    assert outside.read_bytes() == b"my own data, not CIFAR-10's"
+    assert os.path.samefile(batch, outside)
+
+
+def test_unpacking_never_writes_through_a_link_to_another_file_in_the_data_folder(tmp_path, monkeypatch, offline):
+    data_dir = tmp_path / "datasets"
+    batch = damaged_beside_an_archive(data_dir, monkeypatch) / "data_batch_3"
+    (data_dir / "notes.txt").write_text("mine")
+    batch.unlink()
+    os.symlink("../notes.txt", batch)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: {batch} is a link to {data_dir / 'notes.txt'}, not CIFAR-10's own "
+                                f"data_batch_3: torchvision would write the archive's data_batch_3 through it. Remove "
+                                f"the link, or give another --data-dir."]
+    assert (data_dir / "notes.txt").read_text() == "mine"
+    assert os.readlink(batch) == "../notes.txt"
+
+
+def test_unpacking_never_writes_through_a_batches_folder_linked_elsewhere_and_names_that_link(tmp_path, monkeypatch,
+                                                                                             offline):
+    shared = damaged_beside_an_archive(tmp_path / "shared", monkeypatch)
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    os.replace(tmp_path / "shared" / "cifar-10-python.tar.gz", data_dir / "cifar-10-python.tar.gz")
+    os.symlink(shared, data_dir / "cifar-10-batches-py")
+    before = folder_contents(shared)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: {data_dir / 'cifar-10-batches-py'} is a link to {shared}, outside "
+                                f"{data_dir}: torchvision would write the archive's files through it. Remove the "
+                                f"link, or give another --data-dir."]
+    assert folder_contents(shared) == before
+
+
+@pytest.mark.parametrize("shared", ["a link to a shared folder", "hard links to a shared copy"])
+def test_sound_data_shared_through_links_is_read_as_it_is(tmp_path, monkeypatch, offline, shared):
+    """Links are refused only where torchvision would write through them: sound data is only read."""
+    source = write_cifar(tmp_path / "shared") / "cifar-10-batches-py"
+    own_checksums(monkeypatch.setattr, tmp_path / "shared")
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    if shared == "a link to a shared folder":
+        os.symlink(source, data_dir / "cifar-10-batches-py")
+    else:
+        (data_dir / "cifar-10-batches-py").mkdir()
+        for name in os.listdir(source):
+            os.link(source / name, data_dir / "cifar-10-batches-py" / name)
+    before = folder_contents(source)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert (code, err) == (0, "")
+    assert folder_contents(source) == before
+
+
+# What is not a file at CIFAR-10's name: refused before anything is opened there (a named pipe would hang the run)
+
+
+@pytest.mark.parametrize("kind", ["a named pipe", "a folder", "a device"])
+def test_what_is_not_a_file_at_a_batchs_name_is_refused_before_anything_is_written(tmp_path, monkeypatch, offline,
+                                                                                   kind):
+    data_dir = tmp_path / "datasets"
+    batches = damaged_beside_an_archive(data_dir, monkeypatch, per_batch=4)  # a batch fits in a pipe: no hang
+    batch = batches / "data_batch_3"
+    batch.unlink()
+    reader = None
+    if kind == "a named pipe":
+        os.mkfifo(batch)
+        reader = os.open(batch, os.O_RDONLY | os.O_NONBLOCK)  # a write into it then fails the test, never hangs
+    elif kind == "a folder":
+        batch.mkdir()
+        (batch / "mine.txt").write_text("mine")
+    else:
+        if not AS_ROOT:
+            pytest.skip("only root makes a device file")
+        os.mknod(batch, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # as /dev/null
+    before = folder_contents(data_dir)
+    try:
+        code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+        written = reader is not None and os.read(reader, 1 << 16)
+    finally:
+        if reader is not None:
+            os.close(reader)
+    assert code == 1
+    assert err.splitlines() == [f"error: {batch} is {kind}, not a file: torchvision would write the archive's "
+                                f"data_batch_3 into it. Move it away, or give another --data-dir."]
+    assert not written
+    assert folder_contents(data_dir) == before
+    assert stat.S_IFMT(os.lstat(batch).st_mode) == {"a named pipe": stat.S_IFIFO, "a folder": stat.S_IFDIR,
+                                                    "a device": stat.S_IFCHR}[kind]
+
+
+@pytest.mark.parametrize("name", ["cifar-10-batches-py/data_batch_3", "cifar-10-python.tar.gz"])
+def test_a_named_pipe_at_cifar10s_name_offline_is_named_not_a_fresh_archive(tmp_path, offline, name):
+    """Without an archive, and offline: not "put a fresh archive there", which would then hang on the pipe."""
+    data_dir = write_cifar(tmp_path / "datasets")  # not CIFAR-10's checksums: torchvision tries to download it
+    pipe = data_dir / name
+    with contextlib.suppress(FileNotFoundError):
+        pipe.unlink()
+    os.mkfifo(pipe)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    what = "the download" if name.endswith(".gz") else "the archive's data_batch_3"
+    assert err.splitlines() == [f"error: {pipe} is a named pipe, not a file: torchvision would write {what} into it. "
+                                f"Move it away, or give another --data-dir."]
 
 
 # A failed download removes what it wrote (Writes), where the system put it
@@ -371,18 +525,24 @@ def test_a_failed_download_keeps_what_others_put_in_the_folder_it_created(tmp_pa
     assert (data_dir / "notes.txt").read_text() == "mine"
 
 
-def test_a_stop_during_a_stalled_download_keeps_what_you_put_there_meanwhile(tmp_path, monkeypatch):
+@pytest.mark.parametrize("saved", ["as a browser saves it", "in place"])
+def test_a_stop_during_a_stalled_download_keeps_what_you_put_there_meanwhile(tmp_path, monkeypatch, saved):
     """The README's advice for a download that hangs: fetch the archive with a browser, put it (or the folder it
     unpacks to) in the data folder. A Ctrl-C then removes only what this run wrote: the partial archive it began,
-    which a browser's save has replaced by a new file of that name."""
+    which a browser's save has replaced by a new file of that name. curl -o, wget -O and cp write into the run's own
+    file instead (the same inode): a whole archive, one that passes torchvision's check, is kept whoever wrote it."""
     data_dir = tmp_path / "datasets"
     source = write_cifar(tmp_path / "browser")
     packed = tiny_archive(source / "cifar-10-python.tar.gz", source)
+    own_checksums(monkeypatch.setattr, source, archive=source / "cifar-10-python.tar.gz")
 
     def the_user_puts_the_data_there():
-        partial = data_dir / "cifar-10-python.tar.gz.crdownload"
-        partial.write_bytes(packed)
-        os.replace(partial, data_dir / "cifar-10-python.tar.gz")  # as a browser saves a download
+        if saved == "in place":
+            (data_dir / "cifar-10-python.tar.gz").write_bytes(packed)  # as curl -o, wget -O or cp write it
+        else:
+            partial = data_dir / "cifar-10-python.tar.gz.crdownload"
+            partial.write_bytes(packed)
+            os.replace(partial, data_dir / "cifar-10-python.tar.gz")  # as a browser saves a download
         shutil.copytree(source / "cifar-10-batches-py", data_dir / "cifar-10-batches-py")
 
     def the_user_puts_the_data_there_then_ctrl_c():  # as the download hangs
@@ -447,3 +607,14 @@ def test_ctrl_c_during_a_download_leaves_no_partial_archive(tmp_path, monkeypatc
     assert code == -signal.SIGINT
     assert err.endswith("\ninterrupted: no weights were saved\n")
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_during_the_clean_up_lets_it_finish_then_stops(tmp_path, monkeypatch, offline):
+    """A stop that comes while a failed download's clean-up removes what the run created waits for the clean-up to
+    end: then it stops the run, with its usual line."""
+    data_dir = tmp_path / "new" / "datasets"
+    signalled(monkeypatch, "os.rmdir", signal.SIGINT, before=True, only_if=the_nth_call(1))
+    code, _, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == -signal.SIGINT
+    assert err.endswith("\ninterrupted: no weights were saved\n")
+    assert os.listdir(tmp_path) == []  # nor new/datasets, nor new/
