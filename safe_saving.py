@@ -32,6 +32,7 @@ import sys
 import tempfile
 import uuid
 import warnings
+import zipfile
 from collections.abc import Mapping
 
 try:
@@ -213,9 +214,9 @@ def what_it_holds_unless_mynet_weights(file):
         return "the weights of another network, not MyNet's"
     if unexpected:
         return f"MyNet's weights and more ({', '.join(map(repr, unexpected[:3]))})"
-    after = bytes_after_the_weights(file, loaded_up_to)
-    if after:
-        return f"MyNet's weights followed by {after} bytes of something else"
+    beside = bytes_beside_the_weights(file, loaded_up_to)
+    if beside:
+        return f"MyNet's weights and {beside} bytes of something else"
     return None
 
 
@@ -234,9 +235,10 @@ def fits_mynet(weights):
 ZIP_END = b"PK\x05\x06"  # the signature of a zip's end record, 22 bytes and a comment, which ends the file
 
 
-def bytes_after_the_weights(file, loaded_up_to):
-    """How many bytes follow the weights in file, which torch.load ignores: after the end record of the zip that
-    torch.save writes (since PyTorch 1.6), or, in the format before, after what torch.load read (loaded_up_to)."""
+def bytes_beside_the_weights(file, loaded_up_to):
+    """How many bytes of file are not the weights, which torch.load ignores: before and after the zip that torch.save
+    writes (since PyTorch 1.6), as when notes are added or two files joined; in the format before, after what
+    torch.load read (loaded_up_to)."""
     size = os.fstat(file.fileno()).st_size
     file.seek(0)
     if file.read(4) != b"PK\x03\x04":  # not a zip
@@ -247,7 +249,10 @@ def bytes_after_the_weights(file, loaded_up_to):
     if end < 0 or len(tail) < end + 22:
         return 0  # no end record: torch.load could not have read it
     (comment_length,) = struct.unpack("<H", tail[end + 20:end + 22])
-    return max(0, len(tail) - (end + 22 + comment_length))
+    after = max(0, len(tail) - (end + 22 + comment_length))
+    with zipfile.ZipFile(file) as weights:  # it finds where the zip of that end record begins
+        before = min((member.header_offset for member in weights.infolist()), default=0)
+    return before + after
 
 
 def take_permissions(file, folder, path, earlier, new_mode=0o666):

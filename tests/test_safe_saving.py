@@ -224,9 +224,9 @@ def test_an_earlier_file_that_holds_no_weights_is_refused_and_kept(cifar_dir, tm
     ("MyNet's weights saved from nn.DataParallel", "MyNet's weights saved from nn.DataParallel, each name starting "
                                                    "with module. (the README's Troubleshooting strips it)"),
     ("MyNet's weights and another tensor", "MyNet's weights and more ('temperature')"),
-    ("MyNet's weights, then notes", "MyNet's weights followed by 15 bytes of something else"),
-    ("MyNet's weights in the format before PyTorch 1.6, then notes",
-     "MyNet's weights followed by 15 bytes of something else"),
+    ("MyNet's weights, then notes", "MyNet's weights and 15 bytes of something else"),
+    ("MyNet's weights in the format before PyTorch 1.6, then notes", "MyNet's weights and 15 bytes of something else"),
+    ("two files of MyNet's weights joined", "MyNet's weights and {one file} bytes of something else"),
 ])
 def test_only_mynets_weights_are_replaced(cifar_dir, tmp_path, kind, holds):
     """Nothing more, nothing less: the file holds what MyNet().load_state_dict takes, and ends where its format ends
@@ -236,6 +236,10 @@ def test_only_mynets_weights_are_replaced(cifar_dir, tmp_path, kind, holds):
         torch.save(torch.nn.DataParallel(MyNet()).state_dict(), output)
     elif kind == "MyNet's weights and another tensor":
         torch.save({**MyNet().state_dict(), "temperature": torch.tensor(1.5)}, output)
+    elif kind == "two files of MyNet's weights joined":  # cat a.pth b.pth > w.pth
+        torch.save(MyNet().state_dict(), output)
+        holds = holds.replace("{one file}", str(output.stat().st_size))
+        output.write_bytes(output.read_bytes() * 2)
     elif kind.endswith("then notes"):
         torch.save(MyNet().state_dict(), output, _use_new_zipfile_serialization="before" not in kind)
         with open(output, "a") as file:
