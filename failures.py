@@ -33,8 +33,8 @@ ADVICE = {
     errno.EXDEV: "choose a path on the same disk",
     errno.EIO: "the disk failed to read or write: check it, or choose another",
     errno.EINVAL: "this place does not take files: choose another path",
-    errno.EMFILE: "too many files are open: close some programs",
-    errno.ENFILE: "too many files are open: close some programs",
+    errno.EMFILE: "this program has as many files open as its limit allows: raise the limit (ulimit -n)",
+    errno.ENFILE: "the system has too many files open: close some programs",
 }
 
 

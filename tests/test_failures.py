@@ -6,6 +6,7 @@ import contextlib
 import errno
 import io
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,21 @@ def test_a_path_that_cannot_lead_anywhere_gets_its_own_advice(cifar_dir, tmp_pat
                                             (errno.EDQUOT, "Disk quota exceeded")])
 def test_a_full_disk_and_a_full_quota_both_say_to_free_some_space(number, reason):
     assert failures.why(OSError(number, reason)) == f"{reason}: free some space"
+
+
+def test_too_many_open_files_says_whose_limit_to_raise(cifar_dir, tmp_path):
+    """prlimit --nofile, or ulimit -n: the limit is this program's own (EMFILE), the system's is another (ENFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own, closed by then
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now, hard))  # no more than those
+    try:
+        error = refused_output(cifar_dir, tmp_path / "w.pth")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert error.endswith("cannot be written (Too many open files: this program has as many files open as its limit "
+                          "allows: raise the limit (ulimit -n)); choose another path")
+    assert failures.why(OSError(errno.ENFILE, "Too many open files in system")) == (
+        "Too many open files in system: the system has too many files open: close some programs")
 
 
 # Names with control characters (quoted)
