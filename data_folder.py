@@ -178,27 +178,28 @@ def refuse_what_a_download_would_write_through(root):
     """Refuse the first of CIFAR-10's files in root that a download and its unpacking, which write each of them,
     would not write as a file of its own (refuse_a_write_through)."""
     for path in cifar10_paths(root):
+        if os.path.basename(path) == ARCHIVE and a_whole_archive(path):
+            continue  # torchvision only reads a whole archive, through a link as well
         with contextlib.suppress(OSError):  # what the system cannot say here, it says to the write itself
             refuse_a_write_through(root, path)
 
 
 def refuse_a_write_through(root, path):
-    """Refuse a write at path in root that would not land in a regular file of its own there: through a link to
-    outside root, or to another file; into what is not a regular file (a named pipe would hang the run: the write
-    waits for a reader); or into a file with other names (a hard link: each name would show what is written)."""
+    """Refuse a write at path in root that would not land in a regular file of its own there: through a link (to
+    outside root, or to what the user keeps in it, a file or a folder); into what is not a regular file (a named pipe
+    would hang the run: the write waits for a reader); or into a file with other names (a hard link: each name would
+    show what is written)."""
     name = os.path.basename(path)
-    place = os.path.realpath(path)  # where the system puts it: links resolved, then ..
-    link = first_link(root, path) or path
-    if not inside(place, os.path.realpath(root)):
+    link = first_link(root, path)
+    if link is not None:
+        target = os.path.realpath(link)
         what = written_as(name) if os.path.abspath(link) == os.path.abspath(path) else "the archive's files"
-        raise Failure(f"error: {quoted(link)} is a link to {quoted(os.path.realpath(link))}, outside "
-                      f"{quoted(os.path.abspath(root))}: torchvision would write {what} through it. Remove the link, "
-                      f"or give another --data-dir.")
-    if place != os.path.join(os.path.realpath(os.path.dirname(path)), name):  # path itself is a link, in root
-        raise Failure(f"error: {quoted(path)} is a link to {quoted(place)}, not CIFAR-10's own {name}: torchvision "
-                      f"would write {written_as(name)} through it. Remove the link, or give another --data-dir.")
+        where = (f"outside {quoted(os.path.abspath(root))}" if not inside(target, os.path.realpath(root))
+                 else f"not CIFAR-10's own {os.path.basename(link)}")
+        raise Failure(f"error: {quoted(link)} is a link to {quoted(target)}, {where}: torchvision would write {what} "
+                      f"through it. Remove the link, or give another --data-dir.")
     try:
-        status = os.lstat(place)
+        status = os.lstat(path)
     except FileNotFoundError:  # a new file
         return
     if not stat.S_ISREG(status.st_mode):
@@ -208,6 +209,11 @@ def refuse_a_write_through(root, path):
         raise Failure(f"error: {quoted(path)} is a hard link, one of {status.st_nlink} names of the same file: "
                       f"torchvision would write {written_as(name)} into it, under every name. Remove this name (the "
                       f"others keep the file), or give another --data-dir.")
+
+
+def a_whole_archive(path):
+    """Whether the archive at path is whole: it passes torchvision's own check, and then torchvision only reads it."""
+    return cifar.check_integrity(path, cifar.CIFAR10.tgz_md5)
 
 
 def written_as(name):
@@ -338,5 +344,5 @@ class Writes:
                 (os.rmdir if stat.S_ISDIR(status.st_mode) else os.remove)(place)
 
     def a_whole_archive(self, place):
-        """Whether place is the archive, and whole: it passes torchvision's own check."""
-        return place == os.path.join(self.real_root, ARCHIVE) and cifar.check_integrity(place, cifar.CIFAR10.tgz_md5)
+        """Whether place is the archive, and whole."""
+        return place == os.path.join(self.real_root, ARCHIVE) and a_whole_archive(place)

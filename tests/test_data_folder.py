@@ -384,6 +384,40 @@ def test_unpacking_never_writes_through_a_batches_folder_linked_elsewhere_and_na
     assert folder_contents(shared) == before
 
 
+def test_unpacking_never_writes_through_a_batches_folder_linked_to_another_in_the_data_folder(tmp_path, monkeypatch,
+                                                                                          offline):
+    data_dir = tmp_path / "datasets"
+    batches = damaged_beside_an_archive(data_dir, monkeypatch)
+    mine = data_dir / "my edited cifar"
+    os.rename(batches, mine)
+    os.symlink("my edited cifar", batches)
+    before = folder_contents(mine)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    assert err.splitlines() == [f"error: {batches} is a link to {mine}, not CIFAR-10's own cifar-10-batches-py: "
+                                f"torchvision would write the archive's files through it. Remove the link, or give "
+                                f"another --data-dir."]
+    assert folder_contents(mine) == before
+
+
+@pytest.mark.parametrize("link", ["os.symlink", "os.link"])
+def test_a_whole_archive_linked_into_the_data_folder_is_unpacked(tmp_path, monkeypatch, offline, link):
+    """torchvision only reads a whole archive: a link to the one in your downloads is no reason to refuse."""
+    downloads = tmp_path / "downloads"
+    write_cifar(downloads)
+    tiny_archive(downloads / "cifar-10-python.tar.gz", downloads)
+    own_checksums(monkeypatch.setattr, downloads, archive=downloads / "cifar-10-python.tar.gz")
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    getattr(os, link.split(".")[1])(downloads / "cifar-10-python.tar.gz", data_dir / "cifar-10-python.tar.gz")
+    archive = (downloads / "cifar-10-python.tar.gz").read_bytes()
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth"), "--device", "cpu",
+                                  "--epochs", "1", "--limit", "10"])
+    assert (code, err) == (0, "")
+    assert (downloads / "cifar-10-python.tar.gz").read_bytes() == archive
+    assert sorted(os.listdir(data_dir / "cifar-10-batches-py")) == sorted(os.listdir(downloads / "cifar-10-batches-py"))
+
+
 @pytest.mark.parametrize("shared", ["a link to a shared folder", "hard links to a shared copy"])
 def test_sound_data_shared_through_links_is_read_as_it_is(tmp_path, monkeypatch, offline, shared):
     """Links are refused only where torchvision would write through them: sound data is only read."""
