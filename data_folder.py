@@ -70,18 +70,23 @@ def checked(root):
         check_folder(root, batches, there)
         with Writes(root, places) as writes:
             yield
-        replaced = writes.replaced()
-        if replaced:
-            print(f"warning: the archive replaced {', '.join(replaced)} in {quoted(batches)}, which held other bytes "
-                  f"than CIFAR-10's own", file=sys.stderr)
+        warn_of_what_was_replaced(writes, batches)
     except BaseException as error:  # Ctrl-C too: leave nothing behind that this run wrote, no half-unpacked folder
         if writes is not None:
             with stop_signals.deferred():  # a stop meanwhile would leave half of it: it waits, then stops the run
                 writes.remove_what_this_run_made()
+            warn_of_what_was_replaced(writes, batches)  # written over before the failure, all the same
         line = failure(error, root, there)
         if line is error:
             raise
         raise line from error
+
+
+def warn_of_what_was_replaced(writes, batches):
+    replaced = writes.replaced()
+    if replaced:
+        print(f"warning: the archive replaced {', '.join(replaced)} in {quoted(batches)}, which held other bytes than "
+              f"CIFAR-10's own", file=sys.stderr)
 
 
 def failure(error, root, there):

@@ -325,6 +325,30 @@ def test_unpacking_names_every_file_of_cifar10s_that_it_wrote_over(tmp_path, mon
     assert (batches / "readme.html").read_text() == "<p>CIFAR-10</p>"
 
 
+@pytest.mark.parametrize("ending", ["a full disk", "Ctrl-C"])
+def test_unpacking_that_fails_midway_still_names_what_it_wrote_over(tmp_path, monkeypatch, offline, ending):
+    data_dir = tmp_path / "datasets"
+    batches = damaged_beside_an_archive(data_dir, monkeypatch)
+    (batches / "data_batch_2").write_bytes(b"my own edited batch")
+    real = tarfile.copyfileobj
+    copied = []
+
+    def then_the_ending(*args, **kwargs):  # the archive's files in order: batches.meta, data_batch_1, data_batch_2...
+        real(*args, **kwargs)
+        copied.append(1)
+        if len(copied) == 3:
+            if ending == "Ctrl-C":
+                send_here(signal.SIGINT)
+            else:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile, "copyfileobj", then_the_ending)
+    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert code == (-signal.SIGINT if ending == "Ctrl-C" else 1)
+    assert err.splitlines()[0] == (f"warning: the archive replaced data_batch_1, data_batch_2 in {batches}, which held "
+                                   f"other bytes than CIFAR-10's own")
+
+
 def damaged_beside_an_archive(data_dir, monkeypatch, per_batch=24):
     """The tiny data set in data_dir, its archive beside it with CIFAR-10's checksums, and data_batch_1 damaged since:
     torchvision unpacks the archive over the batches. Returns the batches' folder."""
