@@ -22,6 +22,7 @@ data set: anything else in the folder is left alone.
 """
 import argparse
 import contextlib
+import errno
 import http.client
 import os
 import stat
@@ -97,6 +98,8 @@ def failure(error, root, there):
                        "Free some memory, or raise the limit (ulimit -v).")
     if not isinstance(error, (OSError, RuntimeError, http.client.HTTPException)) or isinstance(error, Failure):
         return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        there = True  # a full disk, while downloading or unpacking: that is what the line must say
     if there is False:  # nothing was there: a download was tried, and failed
         reason = f"{quoted(error.filename)}: {error.strerror}" if isinstance(error, OSError) and error.filename else (
             error)

@@ -4,6 +4,7 @@ link that leads nowhere, data missing, damaged or unreadable, each in one line t
 removes what it created, and only that."""
 import contextlib
 import errno
+import io
 import os
 import pathlib
 import resource
@@ -534,6 +535,33 @@ def test_a_full_disk_while_unpacking_good_data_says_so_and_leaves_no_half_folder
     assert "damaged" not in err and "elete" not in err
     assert os.listdir(disk) == ["cifar-10-python.tar.gz"]  # the half-unpacked folder is gone
     assert (disk / "cifar-10-python.tar.gz").read_bytes() == packed  # the good archive is kept
+
+
+def serving(data):
+    """urlopen's stand-in: a response that sends data, as CIFAR-10's server sends its archive."""
+    class Response(io.BytesIO):
+        length = len(data)
+        url = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(data)
+
+    return Response
+
+
+def test_a_full_disk_while_unpacking_a_download_says_so_and_keeps_the_archive(tmp_path, small_disk, monkeypatch):
+    source = write_cifar(tmp_path / "source")
+    packed = tiny_archive(tmp_path / "cifar-10-python.tar.gz", source)
+    own_checksums(monkeypatch.setattr, source, archive=tmp_path / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(urllib.request, "urlopen", serving(packed))
+    disk = small_disk(len(packed) // 1024 + 100)  # room for the archive and 100 KiB, not for the 500 KB unpacked
+    code, lines, err = run_step1(["--data-dir", str(disk), "--output", str(tmp_path / "w.pth")])
+    assert code == 1
+    [error] = [line for line in err.splitlines() if line.startswith("error")]  # torchvision's progress bar aside
+    assert error.startswith("error: could not read or write ")
+    assert error.endswith(" (No space left on device: free some space), or give another --data-dir")
+    assert os.listdir(disk) == ["cifar-10-python.tar.gz"]  # a whole archive is kept, the half-unpacked folder not
+    assert (disk / "cifar-10-python.tar.gz").read_bytes() == packed
 
 
 @pytest.mark.parametrize("data_dir", ["a/b/c", "~nosuchuser/data"])
