@@ -273,7 +273,7 @@ def new_file_there(folder, path, mode):
     name = f"step1-{uuid.uuid4().hex[:8]}.new"
     if folder is None:
         name = os.path.join(os.path.dirname(path), name)
-    with contextlib.ExitStack() as cleanup:
+    with stop_signals.deferred(), contextlib.ExitStack() as cleanup:  # a stop waits: the file never stays
         descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode,
                              dir_fd=folder)
         cleanup.callback(os.remove, name, dir_fd=folder)  # after the close (Windows removes no open file)
@@ -449,6 +449,8 @@ class KeepTrainedWeights:
                     error = failure
             if isinstance(error, Failure):
                 raise Failure(f"{error}; the weights were saved to {quoted(self.path)}") from error
+            if isinstance(error, Exception):  # a bug: seen whole, with where the weights are
+                add_line(error, f"The weights were saved to {quoted(self.path)} before this error ended the run.")
             return False  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
         if error is None or self.model is None:
             return False

@@ -12,6 +12,7 @@ import errno
 import os
 import resource
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -43,6 +44,7 @@ from helpers import (
     run_step1,
     run_until_the_save,
     same_weights,
+    send_here,
     train,
     without_capabilities,
 )
@@ -631,6 +633,21 @@ def test_the_empty_file_that_shows_what_a_new_file_gets_is_removed_even_on_an_er
     assert os.listdir(tmp_path) == []
 
 
+def test_a_stop_as_the_empty_file_is_made_waits_until_it_is_removed(cifar_dir, tmp_path, monkeypatch):
+    real = os.open
+
+    def open_then_ctrl_c(path, *args, **kwargs):
+        descriptor = real(path, *args, **kwargs)
+        if str(path).endswith(".new"):
+            send_here(signal.SIGINT)
+        return descriptor
+
+    monkeypatch.setattr(os, "open", open_then_ctrl_c)
+    code, _, err = run_on_the_tiny_data(cifar_dir, tmp_path / "w.pth", *ONE_EPOCH)
+    assert (code, err) == (-signal.SIGINT, "\ninterrupted: no weights were saved\n")
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_replaced_file_without_an_acl_takes_none_from_the_folders_default_acl(cifar_dir, tmp_path):
     """The new file beside it inherits the folder's default ACL; the earlier file had none, so no one else may read
     the new one either."""
@@ -966,5 +983,21 @@ def test_an_error_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
     monkeypatch.setattr(step1, "accuracy", broken)
     error, shown = an_error_in_a_run(cifar_dir, output, *ONE_EPOCH)
     assert str(error) == "a bug in the accuracy pass"  # a bug shows whole: its traceback
+    assert shown == [f"The weights were saved to {output} before this error ended the run."]
+    assert same_weights(output, one_epoch_weights)
+
+
+def test_an_error_once_the_weights_are_saved_names_them(cifar_dir, tmp_path, monkeypatch, one_epoch_weights):
+    output = tmp_path / "my_network.pth"
+    real = step1.failures.quoted
+
+    def broken(path):
+        if str(path) == str(output):  # in the last line: "Saved the weights to"
+            raise RuntimeError("a bug in the last line")
+        return real(path)
+
+    monkeypatch.setattr(step1.failures, "quoted", broken)
+    error, shown = an_error_in_a_run(cifar_dir, output, *ONE_EPOCH)
+    assert str(error) == "a bug in the last line"
     assert shown == [f"The weights were saved to {output} before this error ended the run."]
     assert same_weights(output, one_epoch_weights)
