@@ -455,8 +455,15 @@ class KeepTrainedWeights:
         if error is None or self.model is None:
             return False
         if self.ending is None:
-            with contextlib.suppress(Failure, KeyboardInterrupt):  # self.ending says how it went
+            try:
                 self.save(self.model.state_dict())
+            except (Failure, KeyboardInterrupt):
+                pass  # self.ending says how it went
+            except Exception as failed:  # a bug, or memory run out, in the save too
+                if not isinstance(error, Exception):
+                    raise
+                add_line(error, f"The weights could not be saved either ({type(failed).__name__}: {failed}).")
+                return False  # the first error is the one to see
         if isinstance(self.ending, Failure):  # kept elsewhere, or lost: that line, whatever else came
             if error is self.ending:
                 return False

@@ -987,6 +987,21 @@ def test_an_error_after_the_last_update_saves_first(cifar_dir, tmp_path, monkeyp
     assert same_weights(output, one_epoch_weights)
 
 
+def test_an_error_that_the_save_meets_again_is_shown_once_with_a_line(cifar_dir, tmp_path, monkeypatch):
+    """Memory that runs out after the last update, and again as the weights are saved: one traceback, the first."""
+    output = tmp_path / "my_network.pth"
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("no memory left")
+
+    monkeypatch.setattr(step1, "accuracy", out_of_memory)
+    monkeypatch.setattr(safe_saving, "save_weights", out_of_memory)
+    error, shown = an_error_in_a_run(cifar_dir, output, *ONE_EPOCH)
+    assert isinstance(error, MemoryError) and error.__context__ is None
+    assert shown == ["The weights could not be saved either (MemoryError: no memory left)."]
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_error_once_the_weights_are_saved_names_them(cifar_dir, tmp_path, monkeypatch, one_epoch_weights):
     output = tmp_path / "my_network.pth"
     real = step1.failures.quoted
