@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 
 import numpy as np
@@ -323,10 +324,19 @@ def same_weights(path, expected):
 
 
 def listing(folder):
-    """Each entry of folder, with its type, permission bits and owner, and a regular file's bytes."""
+    """Each entry of folder, with its type, permission bits and owner, and a regular file's bytes (its size and time
+    of change where this user cannot read it)."""
     return {entry.name: (entry.stat(follow_symlinks=False).st_mode, entry.stat(follow_symlinks=False).st_uid,
-                         entry.is_file(follow_symlinks=False) and pathlib.Path(entry.path).read_bytes())
+                         entry.is_file(follow_symlinks=False) and contents(entry))
             for entry in os.scandir(folder)}
+
+
+def contents(entry):
+    try:
+        return pathlib.Path(entry.path).read_bytes()
+    except PermissionError:
+        status = entry.stat(follow_symlinks=False)
+        return status.st_size, status.st_mtime_ns
 
 
 def kept_instead(err, output, reason, temporary_folder):
@@ -413,8 +423,17 @@ def simulate_a_full_disk(monkeypatch, disk, size):
 
     def limited_open(name, mode="r", *args, **kwargs):
         file = real_open(name, mode, *args, **kwargs)
-        return Limited(file) if str(name).startswith(str(disk)) and mode in ("wb", "xb") else file
+        if mode not in ("wb", "xb"):
+            return file
+        where = os.readlink(f"/proc/self/fd/{file.fileno()}")  # opened by name or by descriptor, as step1.py does
+        return Limited(file) if where.startswith(os.path.realpath(disk)) else file
 
+    def limited_temporary_file(*args, dir=None, **kwargs):  # nameless, as the check before training makes one
+        file = real_temporary_file(*args, dir=dir, **kwargs)
+        return Limited(file) if dir and os.path.realpath(dir).startswith(os.path.realpath(disk)) else file
+
+    real_temporary_file = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", limited_temporary_file)
     monkeypatch.setattr("builtins.open", limited_open)
     monkeypatch.setattr(tarfile, "bltn_open", limited_open)
 
