@@ -109,11 +109,14 @@ def failure(error, root, there):
     if isinstance(error, OSError) and (error.filename or error.errno in ADVICE):  # the system's reason, on disk
         return Failure(f"error: could not read or write {quoted(error.filename or root)} ({why(error)}), or give "
                        f"another --data-dir")
-    meta = os.path.join(root, BATCHES, cifar.CIFAR10.meta["filename"])
-    if not cifar.check_integrity(meta, cifar.CIFAR10.meta["md5"]) and all(
-            cifar.check_integrity(os.path.join(root, BATCHES, name), md5)
-            for name, md5 in cifar.CIFAR10.train_list + cifar.CIFAR10.test_list):
+    meta = cifar.CIFAR10.meta["filename"]
+    sound = {name: cifar.check_integrity(os.path.join(root, BATCHES, name), md5) for name, md5 in
+             [*cifar.CIFAR10.train_list, *cifar.CIFAR10.test_list, (meta, cifar.CIFAR10.meta["md5"])]}
+    if all(sound.values()):
+        return error  # the data is sound: what failed is not about it (a bug, memory run out), and is seen whole
+    if not sound.pop(meta) and all(sound.values()):
         # torchvision's download() looks at the batches only: with those sound, it neither downloads nor unpacks
+        meta = os.path.join(root, BATCHES, meta)
         return Failure(f"error: {quoted(meta)} is missing or damaged (it does not match its checksum), and torchvision "
                        f"gets it again only with a batch that is damaged too. Move {BATCHES}/ away, then run again: "
                        f"online, or with a fresh {ARCHIVE} there.")

@@ -235,6 +235,26 @@ def test_data_that_does_not_fit_in_memory_is_one_line(tmp_path, skip_md5_check, 
         "raise the limit (ulimit -v)."]
 
 
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), OSError(errno.ENOMEM, "Cannot allocate memory")],
+                         ids=["a bug", "memory run out"])
+def test_an_error_while_sound_data_is_read_is_shown_whole_not_called_damaged_data(tmp_path, monkeypatch, error):
+    data_dir = write_cifar(tmp_path / "datasets")
+    own_checksums(monkeypatch.setattr, data_dir)  # torchvision's own checks pass
+    real = cifar.pickle.load
+    calls = []
+
+    def failing_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cifar.pickle, "load", failing_at_the_second)
+    with pytest.raises(type(error)) as raised:
+        run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
+    assert raised.value is error
+
+
 def test_a_batch_that_cannot_be_read_says_so(cifar_dir, tmp_path, skip_md5_check):
     batch = os.path.join(cifar_dir, "cifar-10-batches-py", "data_batch_1")
     os.chmod(batch, 0)
