@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -509,8 +510,8 @@ def test_main_from_a_notebook_reads_no_kernel_arguments(tmp_path, monkeypatch, o
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("argv", ["--epochs 1", b"--epochs 1", ["--epochs", 1], 1],
-                         ids=["str", "bytes", "a number in the list", "a number"])
+@pytest.mark.parametrize("argv", ["--epochs 1", b"--epochs 1", ["--epochs", 1], 1, [pathlib.Path("a"), b"b"]],
+                         ids=["str", "bytes", "a number in the list", "a number", "bytes in the list"])
 def test_main_refuses_options_that_are_not_a_list_of_strings(argv, tmp_path, monkeypatch):
     """argparse would take each letter of a string for a word ("-", "-", "e"...), and fails on a number."""
     monkeypatch.chdir(tmp_path)
@@ -519,6 +520,14 @@ def test_main_refuses_options_that_are_not_a_list_of_strings(argv, tmp_path, mon
     assert str(refused.value) == (f'main() takes its options as a list of strings, such as main(["--epochs", "1"]): '
                                   f'got main({argv!r})')
     assert os.listdir(tmp_path) == []
+
+
+def test_main_refuses_options_that_print_on_several_lines_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError) as refused:
+        step1.main(np.array([["--epochs", "1"], ["--limit", "2"]]))
+    assert str(refused.value) == ("main() takes its options as a list of strings, such as main([\"--epochs\", \"1\"]): "
+                                  "got main(array([['--epochs', '1'], ['--limit', '2']], dtype='<U8'))")
 
 
 def test_main_takes_its_options_from_any_iterable_once_with_paths_as_named(cifar_dir, tmp_path, monkeypatch):
