@@ -242,8 +242,9 @@ MODULES = ["model", "failures", "stop_signals", "cuda_graph", "data_folder", "sa
 
 
 def a_new_python(cifar_dir, folder):
-    """For the new_python marker (conftest.new_pythons): the one new Python that the tests of imports and of killed
-    runs share (NewPython), writing in folder. Yields it; ends it if no test waited for it."""
+    """For the new_python marker (conftest.new_pythons): the one new Python that the tests of imports, of killed runs
+    and of a full disk at standard output share (NewPython), writing in folder. Yields it; ends it if no test waited
+    for it."""
     new_python = NewPython(cifar_dir, folder)
     with new_python.process as process:
         yield new_python
@@ -257,7 +258,10 @@ class NewPython:
     {module: [whether nothing changed, whether torchvision is imported by then]}: no signal handler, no torch setting,
     no random number drawn, no standard output replaced. Then, with everything imported and nothing run, it calls
     test_checkpoints.killed_in_each_phase, which forks it for each run that it kills (a fork of the tests' own process
-    could hang in torch's threads), and writes their exit codes to folder/killed.json."""
+    could hang in torch's threads), and writes their exit codes to folder/killed.json. Last, it becomes `python
+    step1.py > /dev/full 2> folder/full/err`, one quick epoch saving over folder/full/my_network.pth: its standard
+    output, block-buffered as a new Python makes it for a file, now writes to /dev/full, and it ends as that run
+    ends, through Python's own ending."""
 
     DONE = "(the imports are done)\n"  # printed to its standard output and error output in between
     CODE = ("import json, signal, sys, torch\n"
@@ -278,21 +282,31 @@ class NewPython:
             "print(done, end='', file=sys.stderr, flush=True)\n"
             "sys.path.insert(0, tests)\n"
             "import test_checkpoints\n"
-            "test_checkpoints.killed_in_each_phase(cifar_dir, folder)")
+            "test_checkpoints.killed_in_each_phase(cifar_dir, folder)\n"
+            "import helpers, os, runpy\n"
+            "helpers.skip_md5()\n"
+            "os.dup2(os.open('/dev/full', os.O_WRONLY), 1)\n"
+            "os.dup2(os.open(folder + '/full/err', os.O_WRONLY | os.O_CREAT | os.O_EXCL), 2)\n"
+            "sys.argv = ['step1.py', '--data-dir', cifar_dir, '--output', folder + '/full/my_network.pth',\n"
+            "            '--device', 'cpu', *helpers.ONE_EPOCH]\n"
+            "runpy.run_path('step1.py', run_name='__main__')")
 
     def __init__(self, cifar_dir, folder):
         self.folder = folder
+        (folder / "full").mkdir()
+        self.earlier = earlier_weights(folder / "full" / "my_network.pth")
         command = [sys.executable, "-c", self.CODE, os.path.dirname(__file__), cifar_dir, str(folder), self.DONE,
                    *MODULES]
         self.process = subprocess.Popen(at_low_priority(command), cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED=""))
         self.output = None
 
     def ended(self):
-        """Wait for it; return its standard output and error output, each split where the imports were done."""
+        """Wait for it; return its standard output and error output until it became step1.py, each split where the
+        imports were done."""
         if self.output is None:
             stdout, stderr = self.process.communicate(timeout=120)
-            assert self.process.returncode == 0, stderr
+            assert stdout.count(self.DONE) == stderr.count(self.DONE) == 1, stderr
             self.output = stdout.split(self.DONE), stderr.split(self.DONE)
         return self.output
 
@@ -306,6 +320,13 @@ class NewPython:
         (_, stdout), (_, stderr) = self.ended()
         assert stdout == stderr == ""
         return json.loads((self.folder / "killed.json").read_text())
+
+    def full_disk_run(self):
+        """The exit code of `python step1.py > /dev/full`, its error output, the file it saved to, and that file's
+        earlier bytes."""
+        self.ended()
+        run = self.folder / "full"
+        return self.process.returncode, (run / "err").read_text(), run / "my_network.pth", self.earlier
 
 
 # Files, and what they hold

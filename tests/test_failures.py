@@ -22,6 +22,7 @@ from helpers import (
     AS_ROOT,
     ONE_EPOCH,
     ROOT,
+    a_new_python,
     as_a_user,
     at_low_priority,
     earlier_weights,
@@ -148,53 +149,43 @@ def test_a_name_that_is_not_text_shows_the_bytes_the_user_typed(cifar_dir, tmp_p
 # Standard output (StandardOutput, one_line_for_failures)
 
 
-def runs_whose_standard_output_fails(cifar_dir, folder):
-    """For the new_python marker (conftest.new_pythons): two runs of `python step1.py`, side by side, each over
-    earlier weights in a folder of its own, whose standard output cannot be written: a closed pipe, unbuffered, and
-    /dev/full, buffered. Yields {where: (the run, its output file, that file's earlier bytes)}."""
-    runs = {}
-    with contextlib.ExitStack() as stack:
-        for where in ("a closed pipe, unbuffered", "/dev/full"):
-            place = folder / ("pipe" if where.endswith("unbuffered") else "full")
-            place.mkdir()
-            output = place / "my_network.pth"
-            earlier = earlier_weights(output)
-            command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu",
-                                     "--epochs", "1", "--limit", "20")
-            if where == "/dev/full":
-                stdout = open("/dev/full", "w")
-            else:  # as `python step1.py | head -0`: the reader is gone before the first line
-                read, written = os.pipe()
-                os.close(read)
-                stdout = open(written, "w")
-            with stdout:
-                env = dict(os.environ, PYTHONUNBUFFERED="1" if where.endswith("unbuffered") else "")
-                process = stack.enter_context(subprocess.Popen(at_low_priority(command), cwd=ROOT, stdout=stdout,
-                                                               stderr=subprocess.PIPE, text=True, env=env))
-            runs[where] = (process, output, earlier)
-        yield runs
-        for process, _, _ in runs.values():
-            process.kill()  # if no test waited for it
+def a_run_whose_standard_output_is_a_closed_pipe(cifar_dir, folder):
+    """For the new_python marker (conftest.new_pythons): `python -u step1.py | head -0` (the reader gone before the
+    first line) over earlier weights. Yields the run, its output file and that file's earlier bytes."""
+    output = folder / "my_network.pth"
+    earlier = earlier_weights(output)
+    command = python_command("step1.py", "--data-dir", cifar_dir, "--output", output, "--device", "cpu", *ONE_EPOCH)
+    read, written = os.pipe()
+    os.close(read)
+    with open(written, "w") as stdout, subprocess.Popen(at_low_priority(command), cwd=ROOT, stdout=stdout,
+                                                         stderr=subprocess.PIPE, text=True,
+                                                         env=dict(os.environ, PYTHONUNBUFFERED="1")) as run:
+        yield run, output, earlier
+        run.kill()  # if no test waited for it
 
 
-@pytest.mark.new_python(start=runs_whose_standard_output_fails)
-def test_standard_output_that_cannot_be_written_is_one_line(started):
-    """Unbuffered (python -u, PYTHONUNBUFFERED=1 as in containers), the first line fails, before any training;
-    buffered (to a file, here a full one, or a pipe), the lines go out at the end, after the save."""
-    for where, (process, output, earlier) in started.items():
-        _, err = process.communicate(timeout=120)
-        assert process.returncode == 1, where
-        reason = "No space left on device: free some space" if where == "/dev/full" else (
-            "Broken pipe: the program reading the output has stopped; send it to a file instead")
-        saved = "" if where.endswith("unbuffered") else f"; the weights were saved to {output}"
-        assert err.splitlines() == [f"error: could not print to the standard output ({reason}){saved}"]
-        if where.endswith("unbuffered"):
-            assert output.read_bytes() == earlier
-            assert os.listdir(output.parent) == ["my_network.pth"]
-        else:
-            assert output.read_bytes() != earlier
-            assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
-            assert sorted(os.listdir(output.parent)) == ["my_network.pth", "my_network.pth.checkpoint"]
+@pytest.mark.new_python(start=a_run_whose_standard_output_is_a_closed_pipe)
+def test_unbuffered_standard_output_that_cannot_be_written_is_one_line_before_any_training(started):
+    """python -u, or PYTHONUNBUFFERED=1 as in containers: the first line fails."""
+    run, output, earlier = started
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert err.splitlines() == ["error: could not print to the standard output (Broken pipe: the program reading the "
+                                "output has stopped; send it to a file instead)"]
+    assert output.read_bytes() == earlier
+    assert os.listdir(output.parent) == ["my_network.pth"]
+
+
+@pytest.mark.new_python(start=a_new_python)
+def test_buffered_standard_output_that_cannot_be_written_is_one_line_after_the_save(started):
+    """To a file, here on a full disk, or a pipe: the lines go out at the end, after the save, as Python ends."""
+    code, err, output, earlier = started.full_disk_run()
+    assert code == 1
+    assert err.splitlines() == [f"error: could not print to the standard output (No space left on device: free some "
+                                f"space); the weights were saved to {output}"]
+    assert output.read_bytes() != earlier
+    assert list(torch.load(output, weights_only=True)) == list(MyNet().state_dict())
+    assert sorted(os.listdir(output.parent)) == ["err", "my_network.pth", "my_network.pth.checkpoint"]
 
 
 class ClosedAfter(io.StringIO):
