@@ -412,35 +412,27 @@ def test_unpacking_never_writes_through_a_link_to_another_file_in_the_data_folde
     assert os.readlink(batch) == "../notes.txt"
 
 
-def test_unpacking_never_writes_through_a_batches_folder_linked_elsewhere_and_names_that_link(tmp_path, monkeypatch,
-                                                                                             offline):
-    shared = damaged_beside_an_archive(tmp_path / "shared", monkeypatch)
+@pytest.mark.parametrize("where", ["outside the data folder", "in the data folder"])
+def test_unpacking_never_writes_through_a_linked_batches_folder_and_names_that_link(tmp_path, monkeypatch, offline,
+                                                                                    where):
     data_dir = tmp_path / "datasets"
-    data_dir.mkdir()
-    os.replace(tmp_path / "shared" / "cifar-10-python.tar.gz", data_dir / "cifar-10-python.tar.gz")
-    os.symlink(shared, data_dir / "cifar-10-batches-py")
-    before = folder_contents(shared)
-    code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
-    assert code == 1
-    assert err.splitlines() == [f"error: {data_dir / 'cifar-10-batches-py'} is a link to {shared}, outside "
-                                f"{data_dir}: torchvision would write the archive's files through it. Remove the "
-                                f"link, or give another --data-dir."]
-    assert folder_contents(shared) == before
-
-
-def test_unpacking_never_writes_through_a_batches_folder_linked_to_another_in_the_data_folder(tmp_path, monkeypatch,
-                                                                                          offline):
-    data_dir = tmp_path / "datasets"
-    batches = damaged_beside_an_archive(data_dir, monkeypatch)
-    mine = data_dir / "my edited cifar"
-    os.rename(batches, mine)
-    os.symlink("my edited cifar", batches)
+    if where == "outside the data folder":  # a shared copy
+        mine = damaged_beside_an_archive(tmp_path / "shared", monkeypatch)
+        data_dir.mkdir()
+        os.replace(tmp_path / "shared" / "cifar-10-python.tar.gz", data_dir / "cifar-10-python.tar.gz")
+        os.symlink(mine, data_dir / "cifar-10-batches-py")
+        why = f"outside {data_dir}"
+    else:  # a copy of the user's, edited
+        mine = data_dir / "my edited cifar"
+        os.rename(damaged_beside_an_archive(data_dir, monkeypatch), mine)
+        os.symlink("my edited cifar", data_dir / "cifar-10-batches-py")
+        why = "not CIFAR-10's own cifar-10-batches-py"
     before = folder_contents(mine)
     code, lines, err = run_step1(["--data-dir", str(data_dir), "--output", str(tmp_path / "w.pth")])
     assert code == 1
-    assert err.splitlines() == [f"error: {batches} is a link to {mine}, not CIFAR-10's own cifar-10-batches-py: "
-                                f"torchvision would write the archive's files through it. Remove the link, or give "
-                                f"another --data-dir."]
+    assert err.splitlines() == [f"error: {data_dir / 'cifar-10-batches-py'} is a link to {mine}, {why}: torchvision "
+                                f"would write the archive's files through it. Remove the link, or give another "
+                                f"--data-dir."]
     assert folder_contents(mine) == before
 
 
