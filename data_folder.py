@@ -92,7 +92,7 @@ def warn_of_what_was_replaced(writes, batches):
 
 def failure(error, root, there):
     """The Failure whose line says what went wrong with CIFAR-10 in root; error itself if it is not about the data."""
-    if isinstance(error, MemoryError):
+    if isinstance(error, MemoryError) or isinstance(error, OSError) and error.errno == errno.ENOMEM:
         return Failure("error: not enough memory to read CIFAR-10: torchvision needs about 310 MB at once to read its "
                        "60000 images (184 MB once read), and --limit cannot lower that, as torchvision reads them all. "
                        "Free some memory, or raise the limit (ulimit -v).")

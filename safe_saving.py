@@ -460,9 +460,11 @@ class KeepTrainedWeights:
             except (Failure, KeyboardInterrupt):
                 pass  # self.ending says how it went
             except Exception as failed:  # a bug, or memory run out, in the save too
-                if not isinstance(error, Exception):
-                    raise
-                add_line(error, f"The weights could not be saved either ({type(failed).__name__}: {failed}).")
+                what = f"{type(failed).__name__}: {failed}" if str(failed) else type(failed).__name__
+                if isinstance(error, KeyboardInterrupt):  # still a stop, which ends the program as its signal would
+                    raise stop_signals.stopped_again(
+                        error, f"\ninterrupted: the weights could not be saved ({what})") from None
+                add_line(error, f"The weights could not be saved either ({what}).")
                 return False  # the first error is the one to see
         if isinstance(self.ending, Failure):  # kept elsewhere, or lost: that line, whatever else came
             if error is self.ending:

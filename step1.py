@@ -152,13 +152,12 @@ def as_a_list(argv):
     refused, as argparse would take each of its letters for a word, and so is a number, which argparse cannot read."""
     if argv is None:
         return []
-    got = " ".join(repr(argv).split())  # one line, whatever prints on several (a NumPy array)
-    refusal = f'main() takes its options as a list of strings, such as main(["--epochs", "1"]): got main({got})'
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, Iterable):
-        raise TypeError(refusal)
-    words = [word.__fspath__() if isinstance(word, os.PathLike) else word for word in argv]
-    if not all(isinstance(word, str) for word in words):  # a path to bytes too: argparse takes text
-        raise TypeError(refusal)
+    words = None if isinstance(argv, (str, bytes)) or not isinstance(argv, Iterable) else [
+        word.__fspath__() if isinstance(word, os.PathLike) else word for word in argv]
+    if words is None or not all(isinstance(word, str) for word in words):  # a path to bytes too: argparse takes text
+        got = " ".join(repr(argv).split())  # one line, whatever prints on several (a NumPy array)
+        raise TypeError(f'main() takes its options as a list of strings, such as main(["--epochs", "1"]): got '
+                        f'main({got})')
     return words
 
 

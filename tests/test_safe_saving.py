@@ -45,6 +45,7 @@ from helpers import (
     run_until_the_save,
     same_weights,
     send_here,
+    signalled,
     train,
     without_capabilities,
 )
@@ -1000,6 +1001,19 @@ def test_an_error_that_the_save_meets_again_is_shown_once_with_a_line(cifar_dir,
     assert isinstance(error, MemoryError) and error.__context__ is None
     assert shown == ["The weights could not be saved either (MemoryError: no memory left)."]
     assert os.listdir(tmp_path) == []
+
+
+def test_a_stop_after_the_last_update_whose_save_meets_an_error_ends_as_the_stop_with_its_line(cifar_dir, tmp_path,
+                                                                                              monkeypatch):
+    output = tmp_path / "my_network.pth"
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    signalled(monkeypatch, "step1.accuracy", signal.SIGINT, before=True)  # training is over
+    monkeypatch.setattr(safe_saving, "save_weights", out_of_memory)
+    code, _, err = run_on_the_tiny_data(cifar_dir, output, *ONE_EPOCH)
+    assert (code, err) == (-signal.SIGINT, "\ninterrupted: the weights could not be saved (MemoryError)\n")
 
 
 def test_an_error_once_the_weights_are_saved_names_them(cifar_dir, tmp_path, monkeypatch, one_epoch_weights):

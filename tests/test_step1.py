@@ -522,6 +522,14 @@ def test_main_refuses_options_that_are_not_a_list_of_strings(argv, tmp_path, mon
     assert os.listdir(tmp_path) == []
 
 
+def test_options_that_cannot_show_themselves_are_read_all_the_same():
+    class Options(list):
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    assert step1.as_a_list(Options(["--epochs", "1"])) == ["--epochs", "1"]
+
+
 def test_main_refuses_options_that_print_on_several_lines_in_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TypeError) as refused:
