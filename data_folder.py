@@ -98,9 +98,9 @@ def failure(error, root, there):
                        "Free some memory, or raise the limit (ulimit -v).")
     if not isinstance(error, (OSError, RuntimeError, http.client.HTTPException)) or isinstance(error, Failure):
         return error
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        there = True  # a full disk, while downloading or unpacking: that is what the line must say
-    if there is False:  # nothing was there: a download was tried, and failed
+    # A full disk, while downloading or unpacking: that is what the line must say, as the disk's reason below
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if there is False and not full:  # nothing was there: a download was tried, and failed
         reason = f"{quoted(error.filename)}: {error.strerror}" if isinstance(error, OSError) and error.filename else (
             error)
         return Failure(f"error: CIFAR-10 is not in {quoted(root)} and could not be downloaded ({reason}). Put "

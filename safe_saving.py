@@ -270,15 +270,20 @@ def new_file_there(folder, path, mode):
     """What the system gives a plain new file made with mode in path's folder (an Earlier), asked of it: an empty file
     made there now, under a name of its own, and removed at once. Not computed: under a default ACL the umask does not
     apply, and the new file takes that ACL masked by mode."""
-    name = f"step1-{uuid.uuid4().hex[:8]}.new"
-    if folder is None:
-        name = os.path.join(os.path.dirname(path), name)
+    name = a_name_beside(folder, path, ".new")
     with stop_signals.deferred(), contextlib.ExitStack() as cleanup:  # a stop waits: the file never stays
         descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode,
                              dir_fd=folder)
         cleanup.callback(os.remove, name, dir_fd=folder)  # after the close (Windows removes no open file)
         cleanup.callback(os.close, descriptor)
         return Earlier(os.fstat(descriptor), extended_attributes(descriptor))
+
+
+def a_name_beside(folder, path, ending):
+    """A name of its own for a new file in path's folder: short, whatever path's length (opened with O_EXCL: never a
+    file that exists). Relative to folder, the folder's descriptor, or a whole path where there is none (Windows)."""
+    name = f"step1-{uuid.uuid4().hex[:8]}{ending}"
+    return name if folder is not None else os.path.join(os.path.dirname(path), name)
 
 
 def take_owner(file, path, status):
@@ -365,10 +370,7 @@ def write_then_rename(data, path, new_mode=0o666, holds_something_else=None):
     never half-written, and the check holds up to the very moment of replacing. new_mode: the mode that a new file is
     made with (the umask or a default ACL then applies); holds_something_else: the rule of replaceable()."""
     with in_folder(path) as (folder, name):
-        # A short name, whatever path's length; x: never a file that exists.
-        temporary = f"step1-{uuid.uuid4().hex[:8]}.tmp"
-        if folder is None:
-            temporary = os.path.join(os.path.dirname(path), temporary)
+        temporary = a_name_beside(folder, path, ".tmp")
         # Private until it takes its permissions: no one else opens it meanwhile.
         file = open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600,
                             dir_fd=folder), "wb")
@@ -449,8 +451,8 @@ class KeepTrainedWeights:
                     error = failure
             if isinstance(error, Failure):
                 raise Failure(f"{error}; the weights were saved to {quoted(self.path)}") from error
-            if isinstance(error, Exception):  # a bug: seen whole, with where the weights are
-                add_line(error, f"The weights were saved to {quoted(self.path)} before this error ended the run.")
+            if isinstance(error, Exception):
+                self.name_the_weights_under(error)
             return False  # a stop once the weights were saved: passed on as it came (the caller's, from Python)
         if error is None or self.model is None:
             return False
@@ -478,5 +480,10 @@ class KeepTrainedWeights:
             ) from None
         if isinstance(error, Failure):
             raise Failure(f"{error}; the weights were saved to {quoted(self.path)} first") from error
+        self.name_the_weights_under(error)
+        return False
+
+    def name_the_weights_under(self, error):
+        """An error that is no failure the user can act on (a bug, memory run out) is seen whole, as a bug is: its
+        traceback, with where the weights are."""
         add_line(error, f"The weights were saved to {quoted(self.path)} before this error ended the run.")
-        return False  # anything else is to be seen whole, as a bug is: its traceback, the weights saved
