@@ -237,11 +237,10 @@ def test_data_that_does_not_fit_in_memory_is_one_line(tmp_path, skip_md5_check, 
 
 def failing_at_the_second_pickle(monkeypatch, error):
     real = cifar.pickle.load
-    calls = []
+    second = the_nth_call(2)
 
     def failing_at_the_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
+        if second():
             raise error
         return real(*args, **kwargs)
 
@@ -365,12 +364,11 @@ def test_unpacking_that_fails_midway_still_names_what_it_wrote_over(tmp_path, mo
     batches = damaged_beside_an_archive(data_dir, monkeypatch)
     (batches / "data_batch_2").write_bytes(b"my own edited batch")
     real = tarfile.copyfileobj
-    copied = []
+    third = the_nth_call(3)
 
     def then_the_ending(*args, **kwargs):  # the archive's files in order: batches.meta, data_batch_1, data_batch_2...
         real(*args, **kwargs)
-        copied.append(1)
-        if len(copied) == 3:
+        if third():
             if ending == "Ctrl-C":
                 send_here(signal.SIGINT)
             else:
